@@ -62,19 +62,13 @@ class Block(BaseModel):
         return h.hexdigest()
 
     def searchable_text(self) -> str:
-        """What this block contributes to text retrieval."""
-        parts = []
-        if self.kind.is_modal:
-            label = {"table": "Table", "image": "Figure", "equation": "Equation"}[self.kind.value]
-            if self.caption:
-                parts.append(f"{label}: {self.caption}")
-            if self.description and self.description != self.caption:
-                parts.append(self.description)
-            elif self.text:
-                parts.append(self.text)
-        else:
-            parts.append(self.text)
-        return "\n".join(p for p in parts if p).strip()
+        """What this block contributes to text retrieval: its description (or its text), captioned."""
+        if not self.kind.is_modal:
+            return self.text.strip()
+        body = self.description or self.text
+        label = {"table": "Table", "image": "Figure", "equation": "Equation"}[self.kind.value]
+        head = f"{label}: {self.caption}" if self.caption and self.caption not in body else f"{label}:"
+        return f"{head}\n{body}".strip()
 
 
 class ParsedDocument(BaseModel):

@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS graph_refs (
     ref TEXT NOT NULL,
     PRIMARY KEY (file_key, kind, ref)
 );
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    root TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS graph_refs_ref ON graph_refs(kind, ref);
 """
 
@@ -128,6 +132,15 @@ class Manifest:
         with self._conn() as c:
             c.execute("DELETE FROM files WHERE file_key=?", (file_key,))
             c.execute("DELETE FROM graph_refs WHERE file_key=?", (file_key,))
+
+    # -- sources (name -> root folder) --------------------------------------------------------------
+    def set_source(self, name: str, root: str) -> None:
+        with self._conn() as c:
+            c.execute("INSERT OR REPLACE INTO sources (name, root) VALUES (?, ?)", (name, root))
+
+    def sources(self) -> dict[str, str]:
+        with self._conn() as c:
+            return dict(c.execute("SELECT name, root FROM sources ORDER BY name"))
 
     # -- cache -----------------------------------------------------------------------------------
     def cache_get(self, namespace: str, key: str) -> dict | None:

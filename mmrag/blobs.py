@@ -1,0 +1,69 @@
+"""A content-addressed store under the data dir: `blobs/ab/abcdef....ext`.
+
+Source files are snapshotted here before parsing, so a file that changes while a run reads it
+cannot mix versions; extracted images (figures, frames) live here too, one copy per content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class BlobStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_for(self, digest: str, suffix: str = "") -> Path:
+        return self.root / digest[:2] / f"{digest}{suffix}"
+
+    def put_bytes(self, data: bytes, suffix: str = "") -> tuple[str, Path]:
+        digest = hashlib.sha256(data).hexdigest()
+        dest = self.path_for(digest, suffix)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, dest)
+        return digest, dest
+
+    def put_file(self, src: Path) -> tuple[str, int, Path]:
+        """Copy `src` in while hashing it (one read); returns (sha256, size, stored path)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.root)
+        try:
+            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                while chunk := fin.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+                    fout.write(chunk)
+            digest = h.hexdigest()
+            dest = self.path_for(digest, Path(src).suffix.lower())
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, dest)
+            return digest, size, dest
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    shutil.copytree(src, dest, dirs_exist_ok=True)

@@ -1,0 +1,39 @@
+"""The one Definitions object that workspace.yaml loads. Nothing here reads the environment: every
+resource resolves its unset fields from MMRAG_* variables when a run starts."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from mmrag_assets.cleanup import cleanup_job
+from mmrag_assets.jobs import ASSETS, ingest_job
+from mmrag_resources.data_dir import DataDirResource
+from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
+from mmrag_resources.lightrag import LightRAGResource
+from mmrag_resources.llm import LLMResource
+from mmrag_resources.milvus import MilvusResource
+from mmrag_resources.parsers import ParserResource
+from mmrag_resources.stage_store import StageStore
+from schedules.reindex import reindex_schedule
+from schedules.sensors import watch_folders
+
+def default_resources() -> dict:
+    return {
+        "data_dir": DataDirResource(),
+        "stage_store": StageStore(),
+        "milvus": MilvusResource(),
+        "llm": LLMResource(),
+        "text_embedder": TextEmbedderResource(),
+        "image_embedder": ImageEmbedderResource(),
+        "parsers": ParserResource(),
+        "lightrag": LightRAGResource(),
+    }
+
+
+defs = Definitions(
+    assets=ASSETS,
+    jobs=[ingest_job, cleanup_job],
+    sensors=[watch_folders],
+    schedules=[reindex_schedule],
+    resources=default_resources(),
+)

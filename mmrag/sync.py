@@ -1,0 +1,137 @@
+"""Diff a watched folder against the index: the logic shared by the sensor, the schedule and the CLI.
+
+A scan stats every file (cheap); only files whose size or mtime differ from the manifest are
+hashed, and a file whose hash is unchanged (touched, copied back) is not re-indexed. A root that is
+missing or unreadable yields no deletions: an unmounted share must not empty the index.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmrag.blobs import hash_file
+from mmrag.ids import file_key, is_valid_key, split_file_key
+from mmrag.state import FileRecord
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+@dataclass
+class Scan:
+    source: str
+    root: str
+    files: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # key -> (rel, size, mtime)
+    error: str | None = None
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (rel path, reason)
+
+
+@dataclass
+class SyncPlan:
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # same content, but config or last outcome says redo
+    unchanged: list[str] = field(default_factory=list)
+    touched: dict[str, tuple[int, float]] = field(default_factory=dict)  # same hash, new stat
+
+    @property
+    def to_run(self) -> list[str]:
+        return self.new + self.changed + self.stale
+
+
+def scan_root(root: str | Path, source: str) -> Scan:
+    root = Path(root).expanduser()
+    scan = Scan(source, str(root.resolve()) if root.exists() else str(root))
+    if not root.is_dir():
+        scan.error = f"root {root} is missing or not a folder"
+        return scan
+    try:
+        os.listdir(root)
+    except OSError as e:
+        scan.error = f"root {root} is unreadable: {e}"
+        return scan
+    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            key = file_key(source, rel)
+            if not is_valid_key(key):
+                scan.ignored.append((rel, "the path has characters Dagster partition keys cannot hold"))
+                continue
+            try:
+                st = full.stat()
+            except OSError as e:
+                scan.ignored.append((rel, f"cannot stat: {e}"))
+                continue
+            if not full.is_file():
+                continue
+            scan.files[key] = (rel, st.st_size, st.st_mtime)
+    return scan
+
+
+def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
+              fingerprint: str | None = None, hasher=hash_file) -> SyncPlan:
+    """Compare a scan with the manifest and the existing partitions (one read each, set diffs).
+
+    `fingerprint` None = the sensor's view (content only); given = also mark files stale whose
+    config fingerprint differs or whose last attempt failed (the schedule's and the CLI's view).
+    """
+    plan = SyncPlan()
+    prefix = f"{scan.source}:"
+    for key, (rel, size, mtime) in scan.files.items():
+        rec = records.get(key)
+        if key not in partitions or rec is None or rec.status == "pending" or rec.content_hash is None:
+            (plan.new if key not in partitions else plan.changed).append(key)
+            continue
+        if rec.size != size or rec.mtime != mtime:
+            try:
+                digest = hasher(Path(scan.root) / rel)
+            except OSError:
+                continue  # vanished between stat and read: the next tick sees it
+            if digest != rec.content_hash:
+                plan.changed.append(key)
+                continue
+            plan.touched[key] = (size, mtime)
+        if fingerprint is not None and (rec.fingerprint != fingerprint or rec.status == "failed"):
+            plan.stale.append(key)
+        else:
+            plan.unchanged.append(key)
+    if scan.error is None:
+        known = {k for k in partitions if k.startswith(prefix)} | {k for k in records if k.startswith(prefix)}
+        plan.deleted = sorted(known - set(scan.files))
+    return plan
+
+
+def contiguous_ranges(keys: list[str], ordered: list[str], max_len: int = 200) -> list[tuple[str, str]]:
+    """Group keys into runs of adjacent partitions, one run request per range (many files per run),
+    at most `max_len` files each so one run's per-file outputs stay small in memory."""
+    wanted = set(keys)
+    ranges, start, prev, n = [], None, None, 0
+    for k in ordered:
+        if k in wanted and n < max_len:
+            if start is None:
+                start, n = k, 0
+            prev, n = k, n + 1
+            continue
+        if start is not None:
+            ranges.append((start, prev))
+            start, n = None, 0
+        if k in wanted:
+            start, prev, n = k, k, 1
+    if start is not None:
+        ranges.append((start, prev))
+    return ranges
+
+
+def range_tags(start: str, end: str) -> dict[str, str]:
+    return {RANGE_START_TAG: start, RANGE_END_TAG: end}
+
+
+def source_of(key: str) -> str:
+    return split_file_key(key)[0]

@@ -1,0 +1,59 @@
+"""Removing a deleted source file: its Milvus rows, its graph contributions, its manifest entry.
+
+An op job (not an asset): it acts on partitions that no longer exist. The sensor requests it with
+the deleted keys in its config; the CLI runs it in-process. Idempotent.
+"""
+
+
+from dagster import Config, OpExecutionContext, in_process_executor, job, op
+
+from mmrag_resources.data_dir import DataDirResource
+from mmrag_resources.embedders import TextEmbedderResource
+from mmrag_resources.lightrag import LightRAGResource
+from mmrag_resources.llm import LLMResource
+from mmrag_resources.milvus import MilvusResource
+from mmrag_resources.stage_store import StageStore
+
+STAGES = ("raw_files", "parsed_blocks", "modal_descriptions", "embeddings", "milvus_partitions", "lightrag_graph")
+
+
+class CleanupConfig(Config):
+    file_keys: list[str]
+
+
+def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGResource, text_embedder,
+                 llm, data_dir: DataDirResource, log=None) -> dict:
+    from dagster import AssetKey
+
+    manifest = data_dir.manifest()
+    store = milvus.store()
+    client = llm.client()
+    text = text_embedder.embedder(client)
+    graph = lightrag.store(text.embed, text.dim, client, manifest)
+    stage_store = StageStore(home=data_dir.home)
+    rows = 0
+    for key in keys:
+        n = store.delete_file(key)
+        graph.remove_file(key)
+        manifest.delete(key)
+        for stage in STAGES:
+            stage_store.delete(AssetKey(stage), key)
+        rows += n
+        if log:
+            log.info(f"removed {key}: {n} Milvus rows and its graph contributions")
+    return {"files": len(keys), "rows_deleted": rows}
+
+
+@op(description="Delete everything derived from source files that no longer exist.")
+def remove_deleted_files(context: OpExecutionContext, config: CleanupConfig, milvus: MilvusResource,
+                         lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
+                         data_dir: DataDirResource) -> dict:
+    result = remove_files(config.file_keys, milvus, lightrag, text_embedder, llm, data_dir, context.log)
+    context.add_output_metadata(result)
+    return result
+
+
+@job(executor_def=in_process_executor, tags={"mmrag/kind": "cleanup"},
+     description="Remove the index entries of deleted source files.")
+def cleanup_job():
+    remove_deleted_files()

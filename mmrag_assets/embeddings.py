@@ -1,0 +1,33 @@
+"""embeddings: chunks and descriptions → the text embedder; images → CLIP (when its weights load)."""
+
+
+from dagster import AssetExecutionContext, asset
+
+from mmrag.stages import embed_stage
+from mmrag_assets._meta import files_table, outcome_counts, outcome_row
+from mmrag_assets.partitions import source_files
+from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
+from mmrag_resources.llm import LLMResource
+
+
+@asset(partitions_def=source_files, io_manager_key="stage_store", group_name="ingest", kinds={"pytorch"},
+       description="Text chunks with lineage and their vectors; image vectors from CLIP.")
+def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_files: dict,
+               text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource,
+               llm: LLMResource) -> dict:
+    s = text_embedder.settings()
+    text = text_embedder.embedder(llm.client())
+    image = image_embedder.embedder()
+    out, rows = {}, []
+    for key in context.partition_keys:
+        out[key] = emb = embed_stage(modal_descriptions[key], raw_files[key], text, image, s.chunk_size, s.chunk_overlap)
+        if (row := outcome_row(key, emb)) is None:
+            n_img = 0 if emb.image_vectors is None else len(emb.image_vectors)
+            row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images" + "".join(f"; {n}" for n in emb.notes))
+        rows.append(row)
+    context.add_output_metadata({
+        **outcome_counts(out), "text_model": text.model_name,
+        "image_model": f"{image.model_name}/{image.pretrained}" if image.enabled else f"off: {image.disabled_reason}",
+        "per_file": files_table(rows),
+    })
+    return out

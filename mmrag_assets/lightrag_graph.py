@@ -1,0 +1,52 @@
+"""lightrag_graph: the file's contributions to the LightRAG knowledge graph.
+
+With an LLM: LightRAG's entity/relation extraction plus one entity per modal item. Without one: a
+structural graph (document → sections → chunks and modal items, "Figure N" cross-references). The
+file's previous contributions are removed first; chunks shared with other files survive.
+"""
+
+
+from dagster import AssetExecutionContext, asset
+
+from mmrag.stages import FileOutcome
+from mmrag_assets._meta import files_table, outcome_counts
+from mmrag_assets.partitions import source_files
+from mmrag_resources.data_dir import DataDirResource
+from mmrag_resources.embedders import TextEmbedderResource
+from mmrag_resources.lightrag import LightRAGResource
+from mmrag_resources.llm import LLMResource
+
+
+@asset(partitions_def=source_files, io_manager_key="stage_store", group_name="index", kinds={"networkx"},
+       pool="mmrag_index",
+       description="The file's entities, relations and chunks in LightRAG (graph on disk, vectors in Milvus).")
+def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_partitions: dict,
+                   lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
+                   data_dir: DataDirResource) -> dict:
+    client = llm.client()
+    text = text_embedder.embedder(client)
+    manifest = data_dir.manifest()
+    graph = lightrag.store(text.embed, text.dim, client, manifest)
+    out, rows = {}, []
+    for key in context.partition_keys:
+        emb = embeddings[key]
+        if isinstance(emb, FileOutcome) or milvus_partitions[key].get("status") != "indexed":
+            out[key] = {"status": "not indexed"}
+            rows.append((key, "unchanged", "not indexed by this run; its earlier graph contributions are kept"))
+            continue
+        try:
+            stats = graph.index_file(key, emb.doc, emb.chunks)
+        except Exception as e:  # one file's graph failure must not stop the others
+            reason = f"graph: {type(e).__name__}: {e}"
+            manifest.update(key, status="failed", reason=reason[:2000])
+            context.log.error(f"{key}: {reason}")
+            out[key] = {"status": "failed", "reason": reason}
+            rows.append((key, "failed", reason))
+            continue
+        out[key] = {"status": "indexed", **stats}
+        rows.append((key, "indexed", ", ".join(f"{k} {v}" for k, v in stats.items())))
+    nodes, edges = graph.stats()
+    context.add_output_metadata({**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
+                                 "mode": "llm extraction" if client else "structural (no LLM)",
+                                 "per_file": files_table(rows)})
+    return out

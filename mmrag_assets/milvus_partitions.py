@@ -1,0 +1,65 @@
+"""milvus_partitions: each file's rows in the text and image collections, replaced idempotently.
+
+Row ids derive from (file key, chunk id, content hash), so re-indexing an unchanged file rewrites
+the same ids; a changed file's surplus rows are deleted after the new ones are in. A file that was
+skipped or failed keeps whatever rows it had: bad input never costs what is already indexed.
+"""
+
+
+from dagster import AssetExecutionContext, asset
+
+from mmrag.milvus_store import IMAGE, TEXT
+from mmrag.stages import FileOutcome, milvus_rows
+from mmrag.state import FileRecord
+from mmrag_assets._meta import files_table, outcome_counts
+from mmrag_assets.partitions import source_files
+from mmrag_resources._settings import pipeline_settings
+from mmrag_resources.data_dir import DataDirResource
+from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
+from mmrag_resources.llm import LLMResource
+from mmrag_resources.milvus import MilvusResource
+from mmrag_resources.parsers import ParserResource
+
+
+@asset(partitions_def=source_files, io_manager_key="stage_store", group_name="index", kinds={"milvus"},
+       pool="mmrag_index",
+       description="The file's rows in the Milvus text and image collections (partition key: source).")
+def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: MilvusResource,
+                      data_dir: DataDirResource, parsers: ParserResource, llm: LLMResource,
+                      text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource) -> dict:
+    fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder).fingerprint()
+    manifest = data_dir.manifest()
+    roots = manifest.sources()
+    image = image_embedder.embedder()
+    store = milvus.index(text_embedder.embedder(llm.client()).dim, image.dim if image.enabled else None)
+    out, rows = {}, []
+    for key in context.partition_keys:
+        emb = embeddings[key]
+        source, _, rel = key.partition(":")
+        rec = manifest.get(key) or FileRecord(key, source, roots.get(source, ""), rel)
+        if isinstance(emb, FileOutcome):
+            rec.status, rec.reason = emb.status, emb.reason
+            rec.content_hash, rec.size, rec.mtime = emb.content_hash, emb.size, emb.mtime
+            rec.fingerprint = fingerprint
+            manifest.upsert(rec)
+            out[key] = {"status": emb.status, "reason": emb.reason}
+            rows.append((key, emb.status, emb.reason + (f" (kept {rec.text_rows} existing rows)" if rec.text_rows else "")))
+            continue
+        text_rows, image_rows = milvus_rows(emb)
+        t = store.replace_file(TEXT, key, text_rows)
+        i = store.replace_file(IMAGE, key, image_rows) if store.has(IMAGE) else {"upserted": 0, "deleted": 0}
+        raw = emb.raw
+        rec.root = raw.root
+        rec.content_hash, rec.size, rec.mtime, rec.mime = raw.content_hash, raw.size, raw.mtime, emb.doc.mime
+        rec.status, rec.reason = "indexed", "; ".join(emb.notes + emb.doc.warnings)[:2000] or None
+        rec.fingerprint, rec.parser = fingerprint, f"{emb.doc.parser} {emb.doc.parser_version}"
+        rec.text_rows, rec.image_rows = len(text_rows), len(image_rows)
+        manifest.upsert(rec)
+        out[key] = {"status": "indexed", "text_rows": len(text_rows), "image_rows": len(image_rows)}
+        rows.append((key, "indexed", f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
+                                     f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
+    context.add_output_metadata({
+        **outcome_counts(embeddings), "uri": store.uri if not milvus.is_lite else f"Milvus Lite: {store.uri}",
+        "fingerprint": fingerprint, "per_file": files_table(rows),
+    })
+    return out

@@ -1,0 +1,33 @@
+"""The local data dir (MMRAG_HOME): snapshots and extracted images, the manifest, caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from dagster import ConfigurableResource
+
+from mmrag.blobs import BlobStore
+from mmrag.state import Manifest
+from mmrag_resources._settings import resolved
+
+
+class DataDirResource(ConfigurableResource):
+    """`home` unset = MMRAG_HOME, else ./.mmrag."""
+
+    home: Optional[str] = None
+
+    def settings(self):
+        return resolved(home=Path(self.home) if self.home else None)
+
+    @property
+    def path(self) -> Path:
+        p = self.settings().home
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def manifest(self) -> Manifest:
+        return Manifest(self.settings().state_path)
+
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.settings().blobs_dir)

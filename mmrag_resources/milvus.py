@@ -1,0 +1,49 @@
+"""Milvus: a local path = Milvus Lite (embedded default, under the data dir); http(s):// = a server or cluster."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from dagster import ConfigurableResource
+
+from mmrag.milvus_store import MilvusStore
+from mmrag_resources._settings import resolved
+
+
+_ensured: set = set()
+
+
+class MilvusResource(ConfigurableResource):
+    """Unset fields come from MMRAG_MILVUS_URI / _TOKEN / _DB / MMRAG_COLLECTION_PREFIX at run time."""
+
+    uri: Optional[str] = None
+    token: Optional[str] = None
+    db_name: Optional[str] = None
+    collection_prefix: Optional[str] = None
+    home: Optional[str] = None
+
+    def settings(self):
+        from pathlib import Path
+
+        return resolved(milvus_uri=self.uri, milvus_token=self.token, milvus_db=self.db_name,
+                        collection_prefix=self.collection_prefix, home=Path(self.home) if self.home else None)
+
+    @property
+    def is_lite(self) -> bool:
+        return self.settings().is_milvus_lite
+
+    def index(self, text_dim: int, image_dim: int | None) -> MilvusStore:
+        """The store with its collections and indexes created (idempotent, once per process)."""
+        store = self.store()
+        key = (store.uri, store.prefix, text_dim, image_dim)
+        if key not in _ensured:
+            store.ensure_collections(text_dim, image_dim)
+            _ensured.add(key)
+        return store
+
+    def store(self) -> MilvusStore:
+        s = self.settings()
+        uri = s.resolved_milvus_uri
+        if s.is_milvus_lite:
+            s.home.mkdir(parents=True, exist_ok=True)
+        return MilvusStore(uri, s.milvus_token, s.milvus_db, s.collection_prefix)

@@ -1,0 +1,101 @@
+"""watch_folders: new, changed and deleted files → partition adds/deletes and batched run requests.
+
+Each tick reads the partitions and the manifest once and diffs sets; it stats every file and hashes
+only those whose size or mtime changed. New and changed files go into runs of contiguous partition
+ranges (many files per run); deleted files get one clean-up run. The cursor remembers what was
+requested and not yet indexed, so a slow run is not requested twice.
+"""
+
+
+import hashlib
+import json
+import time
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DeleteDynamicPartitionsRequest,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from mmrag.sync import contiguous_ranges, plan_sync, range_tags, scan_root
+from mmrag_assets.cleanup import cleanup_job
+from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
+from mmrag_assets.partitions import source_files
+from mmrag_resources.data_dir import DataDirResource
+from mmrag_resources.milvus import MilvusResource
+from schedules.watch import watched_roots
+
+
+REQUEST_TTL_S = 6 * 3600
+
+
+def _run_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+@sensor(name="watch_folders", jobs=[ingest_job, cleanup_job], minimum_interval_seconds=30,
+        description="Ingest new and changed files of the watched folders; clean up deleted ones.")
+def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource):
+    manifest = data_dir.manifest()
+    roots = watched_roots(manifest)
+    if not roots:
+        return SkipReason("no folder is watched: run `mmrag ingest ROOT` once or set MMRAG_WATCH")
+    cursor = json.loads(context.cursor) if context.cursor else {"requested": {}, "deleting": []}
+    ordered = context.instance.get_dynamic_partitions(source_files.name)
+    partitions = set(ordered)
+    records = {r.file_key: r for r in manifest.all()}
+    # Forget requests the manifest has caught up with (indexed at that stat) and finished deletions.
+    # A request older than REQUEST_TTL_S whose run never recorded anything is made again.
+    now = time.time()
+    requested = {k: v for k, v in cursor["requested"].items()
+                 if not (k in records and [records[k].size, records[k].mtime] == v[:2]) and now - v[2] < REQUEST_TTL_S}
+    deleting = [k for k in cursor["deleting"] if k in records]
+
+    adds, deletes, to_run, notes = [], [], [], []
+    for source, root in sorted(roots.items()):
+        scan = scan_root(root, source)
+        if scan.error:
+            notes.append(f"{source}: {scan.error}; nothing deleted")
+            context.log.warning(notes[-1])
+        plan = plan_sync(scan, records, partitions)
+        for key, (size, mtime) in plan.touched.items():
+            manifest.update(key, size=size, mtime=mtime)
+        for key in plan.new + plan.changed:
+            stat = list(scan.files[key][1:])
+            if requested.get(key, [None, None])[:2] == stat:
+                continue  # already requested at this stat; its run has not finished yet
+            requested[key] = stat + [now]
+            to_run.append(key)
+            if key in plan.new:
+                adds.append(key)
+        deletes += [k for k in plan.deleted if k not in deleting]
+
+    tags = dict(LITE_WRITER_TAG) if milvus.is_lite else {}
+    requests = []
+    if deletes:
+        requests.append(RunRequest(
+            job_name=cleanup_job.name, run_key=_run_key("cleanup", deletes), tags=tags,
+            run_config={"ops": {"remove_deleted_files": {"config": {"file_keys": deletes}}}},
+        ))
+    gone = set(deletes)
+    order_after = [k for k in ordered if k not in gone] + adds
+    for start, end in contiguous_ranges(to_run, order_after):
+        stats = [requested.get(k, [None, None])[:2] for k in order_after[order_after.index(start): order_after.index(end) + 1]]
+        requests.append(RunRequest(job_name=ingest_job.name, run_key=_run_key("ingest", start, end, stats),
+                                   tags={**tags, **range_tags(start, end)}))
+    partition_requests = []
+    if adds:
+        partition_requests.append(AddDynamicPartitionsRequest(source_files.name, adds))
+    dropped = [k for k in deletes if k in partitions]
+    if dropped:
+        partition_requests.append(DeleteDynamicPartitionsRequest(source_files.name, dropped))
+    new_cursor = json.dumps({"requested": requested, "deleting": deleting + deletes})
+    if not requests and not partition_requests:
+        return SensorResult(skip_reason=SkipReason("no change" + (f" ({'; '.join(notes)})" if notes else "")),
+                            cursor=new_cursor)
+    context.log.info(f"{len(adds)} new, {len(to_run) - len(adds)} changed, {len(deletes)} deleted")
+    return SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests, cursor=new_cursor)

