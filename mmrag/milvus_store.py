@@ -217,21 +217,42 @@ class MilvusStore:
         return self.client.query(name, filter=f"file_key == {quote(file_key)}",
                                  output_fields=list(fields), limit=16384)
 
+    _FIELDS = ["file_key", "source", "modality", "page", "t_start", "t_end", "lineage", "image_path",
+               "parser", "pipeline_version", "text", "chunk_id"]
+
     def search(self, modality: str, vector: list[float], top_k: int = 10, filter: str = "") -> list[dict]:
+        """Dense search (cosine)."""
         name = self._loaded(modality)
         if name is None:
             return []
-        fields = ["file_key", "source", "modality", "page", "t_start", "t_end", "lineage", "image_path",
-                  "parser", "pipeline_version", "text", "chunk_id"]
         res = self.client.search(name, data=[vector], anns_field="vector", limit=top_k, filter=filter,
-                                 output_fields=fields,
-                                 search_params={"metric_type": "COSINE"})
-        hits = []
-        for h in res[0]:
-            ent = dict(h["entity"])
-            ent["id"] = h["id"]
-            ent["score"] = float(h["distance"])
-            if isinstance(ent.get("lineage"), str):
-                ent["lineage"] = json.loads(ent["lineage"])
-            hits.append(ent)
-        return hits
+                                 output_fields=self._FIELDS, search_params={"metric_type": "COSINE"})
+        return _hits(res)
+
+    def hybrid_search(self, vector: list[float], query: str, top_k: int = 10, filter: str = "",
+                      rrf_k: int = 60) -> list[dict]:
+        """Dense + BM25 full-text over the text collection, fused by reciprocal rank (RRF)."""
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        name = self._loaded(TEXT)
+        if name is None:
+            return []
+        depth = max(top_k * 4, 20)
+        reqs = [
+            AnnSearchRequest(data=[vector], anns_field="vector", param={"metric_type": "COSINE"}, limit=depth, expr=filter or None),
+            AnnSearchRequest(data=[query], anns_field="sparse", param={"metric_type": "BM25"}, limit=depth, expr=filter or None),
+        ]
+        res = self.client.hybrid_search(name, reqs, ranker=RRFRanker(rrf_k), limit=top_k, output_fields=self._FIELDS)
+        return _hits(res)
+
+
+def _hits(res) -> list[dict]:
+    hits = []
+    for h in res[0]:
+        ent = dict(h["entity"])
+        ent["id"] = h["id"]
+        ent["score"] = float(h["distance"])
+        if isinstance(ent.get("lineage"), str):
+            ent["lineage"] = json.loads(ent["lineage"])
+        hits.append(ent)
+    return hits

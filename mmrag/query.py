@@ -1,7 +1,8 @@
 """Retrieval over the Milvus collections: text by the text embedder, images by CLIP's text tower.
 
 Each hit carries its lineage: file (relative to its source root), source, page, bbox or time range,
-modality, parser and pipeline version. (Hybrid BM25 + dense and graph modes come with issue 4.)
+modality, parser and pipeline version. Text search is hybrid: MiniLM vectors and Milvus's BM25 full-text index, fused by RRF. (Graph
+modes and answers come with issue 4.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _hit(h: dict) -> dict:
 
 
 def search(settings: Settings, text: str, top_k: int = 5, source: str | None = None,
-           text_embedder=None, image_embedder=None, with_images: bool = True) -> list[dict]:
+           text_embedder=None, image_embedder=None, with_images: bool = True, hybrid: bool = True) -> list[dict]:
+    """Top-k text hits (dense + BM25 fused by RRF, or dense only), then up to 3 image hits."""
     from mmrag.embedders import ImageEmbedder, TextEmbedder
 
     store = MilvusStore(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_db,
@@ -35,7 +37,7 @@ def search(settings: Settings, text: str, top_k: int = 5, source: str | None = N
     flt = f"source == {quote(source)}" if source else ""
     text_embedder = text_embedder or TextEmbedder(settings.text_embed_model)
     vec = text_embedder.embed([text])[0].tolist()
-    hits = [_hit(h) for h in store.search(TEXT, vec, top_k, flt)]
+    hits = [_hit(h) for h in (store.hybrid_search(vec, text, top_k, flt) if hybrid else store.search(TEXT, vec, top_k, flt))]
     if with_images and store.has(IMAGE):
         image_embedder = image_embedder or ImageEmbedder(settings.clip_model, settings.clip_pretrained,
                                                          cache_dir=settings.cache_dir)

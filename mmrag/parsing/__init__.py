@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -78,6 +79,15 @@ def _decode_text(path: Path, warnings: list[str]) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+# Control characters (PDF text layers carry some) are invalid in XML: LightRAG's GraphML file would
+# be cut short at the first one. Tab, newline and carriage return stay.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def clean_text(text: str) -> str:
+    return _CONTROL.sub(" ", text) if text else text
+
+
 def _text_blocks(text: str) -> list[Block]:
     paras = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     return [Block(id=f"b{i:05d}", kind=BlockKind.TEXT, order=i, text=p) for i, p in enumerate(paras)]
@@ -138,6 +148,11 @@ def parse_file(
         blocks = _text_blocks(_decode_text(path, warnings))
     else:
         raise SkipFile(f"no parser for {kind}")
+    for b in blocks:
+        b.text, b.caption = clean_text(b.text), clean_text(b.caption)
+        if "ocr_text" in b.meta:
+            b.meta["ocr_text"] = clean_text(b.meta["ocr_text"])
+    blocks = [b for b in blocks if b.text.strip() or b.kind.is_modal]
     if not blocks:
         raise SkipFile("no content: the parser found no text, tables or images")
     return ParsedDocument(
