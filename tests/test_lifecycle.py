@@ -1,0 +1,142 @@
+"""Re-running, changing and deleting files through the real CLI → Dagster runs → Milvus Lite + LightRAG."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import SAMPLE, copy_corpus, need_shared
+from helpers import IMAGE, TEXT, cli_json, rows_by_file
+from openai_server import default_responder, prompt_text
+
+D = "<|#|>"
+
+
+def lightrag_aware(request_json: dict) -> str:
+    """Extraction prompts get LightRAG-format entity lines; descriptions get the default reply."""
+    prompt = prompt_text(request_json)
+    m = re.search(r"<Input Text>\s*```\n(.*?)\n```", prompt, re.S)
+    if m:
+        words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", m.group(1))))[:3]
+        lines = [f"entity{D}{w}{D}concept{D}{w} as mentioned in the text." for w in words]
+        return "\n".join([*lines, "<|COMPLETE|>"])
+    if "Description List" in prompt:
+        return "Merged description."
+    return default_responder(request_json)
+
+
+def _write(root, name, text):
+    (root / name).write_text(text)
+
+
+SHARED_PARA = "Shared paragraph. Every file in this test quotes the same sentence about mallards and teals."
+
+
+def _small_corpus(root):
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root, "a.md", "# Alpha\n\nAlpha file talks about pochards diving for food.\n")
+    _write(root, "b.md", f"# Common\n\n{SHARED_PARA}\n\n# Bravo\n\nBravo file alone mentions eiders.\n")
+    _write(root, "c.md", f"# Common\n\n{SHARED_PARA}\n\n# Charlie\n\nCharlie file alone mentions scoters.\n")
+    _write(root, "d.md", "# Delta\n\nDelta file talks about swans.\n")
+    return root
+
+
+def test_reingest_is_idempotent_and_makes_no_llm_call(mmrag_env, tmp_path, capsys, openai_server, monkeypatch):
+    need_shared()
+    openai_server.responder = lightrag_aware
+    monkeypatch.setenv("MMRAG_LLM_URL", openai_server.base_url)
+    monkeypatch.setenv("MMRAG_LLM_MODEL", "fake-llm")
+    monkeypatch.setenv("MMRAG_VLM_MODEL", "fake-vlm")
+    monkeypatch.setenv("MMRAG_LLM_RETRIES", "0")
+    root = copy_corpus(SAMPLE, tmp_path / "docs", ["duck.md", "word_sample.docx", "powerpoint_with_image.pptx"])
+    code, first = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0 and first["indexed"] == 3, first
+    calls = openai_server.count()
+    vision = [r for r in openai_server.chat_requests() if r["model"] == "fake-vlm"]
+    assert calls > 0 and vision, "images went to the VLM, extraction to the LLM"
+    text_ids, image_ids = rows_by_file(TEXT), rows_by_file(IMAGE)
+
+    code, second = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0 and second == first
+    assert rows_by_file(TEXT) == text_ids and rows_by_file(IMAGE) == image_ids
+    assert openai_server.count() == calls  # nothing re-ran
+
+    # Forcing a re-materialization of a file: descriptions and LightRAG extractions come from caches.
+    from dagster import DagsterInstance
+
+    from mmrag.definitions import defs
+    from mmrag.sync import range_tags
+
+    key = "docs:word_sample.docx"
+    res = defs.resolve_job_def("ingest_job").execute_in_process(instance=DagsterInstance.get(),
+                                                                tags=range_tags(key, key))
+    assert res.success
+    assert openai_server.count() == calls
+    assert rows_by_file(TEXT) == text_ids
+
+
+def test_change_and_delete_touch_only_their_file(mmrag_env, tmp_path, capsys):
+    from dagster import DagsterInstance
+
+    from mmrag.config import Settings
+    from mmrag.graph import graph_counts
+    from mmrag.state import Manifest
+
+    root = _small_corpus(tmp_path / "docs")
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0 and out["indexed"] == 4
+    before = rows_by_file(TEXT)
+    instance = DagsterInstance.get()
+    runs_before = len(instance.get_run_records())
+
+    _write(root, "a.md", "# Alpha\n\nAlpha file now talks about goldeneyes instead.\n")
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0
+    new_runs = instance.get_run_records()[: len(instance.get_run_records()) - runs_before]
+    assert len(new_runs) == 1
+    tags = new_runs[0].dagster_run.tags
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == ("docs:a.md",) * 2
+    after = rows_by_file(TEXT)
+    assert after["docs:a.md"] and not (after["docs:a.md"] & before["docs:a.md"])  # old rows gone, new present
+    for k in ("docs:b.md", "docs:c.md", "docs:d.md"):
+        assert after[k] == before[k]
+
+    manifest = Manifest(Settings.from_env().state_path)
+    shared = set(manifest.graph_refs("docs:b.md", "chunk")) & set(manifest.graph_refs("docs:c.md", "chunk"))
+    assert shared, "b.md and c.md share a chunk"
+    nodes_before, _ = graph_counts(Settings.from_env().graph_dir)
+
+    (root / "b.md").unlink()
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0 and out["files"] == 3
+    after_delete = rows_by_file(TEXT)
+    assert "docs:b.md" not in after_delete
+    assert {k: after_delete[k] for k in ("docs:a.md", "docs:c.md", "docs:d.md")} == \
+           {k: after[k] for k in ("docs:a.md", "docs:c.md", "docs:d.md")}
+    assert "docs:b.md" not in instance.get_dynamic_partitions("source_files")
+    assert manifest.get("docs:b.md") is None and manifest.graph_refs("docs:b.md", "chunk") == []
+    nodes_after, _ = graph_counts(Settings.from_env().graph_dir)
+    assert nodes_after < nodes_before
+
+    # The chunk b.md shared with c.md survives for c.md, in LightRAG's chunk store.
+    from mmrag_resources.embedders import TextEmbedderResource
+    from mmrag_resources.lightrag import LightRAGResource
+
+    text = TextEmbedderResource().embedder()
+    graph = LightRAGResource().store(text.embed, text.dim, None, manifest)
+    for cid in shared:
+        rec = graph.run(graph.rag.text_chunks.get_by_id(cid))
+        assert rec is not None and "mallards" in rec["content"]
+    nodes = graph.run(graph.rag.chunk_entity_relation_graph.get_all_labels())
+    assert not any("b.md" in n for n in nodes) and any("c.md" in n for n in nodes)
+
+
+def test_missing_root_changes_nothing(mmrag_env, tmp_path, capsys):
+    root = _small_corpus(tmp_path / "docs")
+    assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
+    before = rows_by_file(TEXT)
+    root.rename(tmp_path / "unmounted")
+    from mmrag.cli import main
+
+    assert main(["ingest", str(root), "--source", "docs"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert rows_by_file(TEXT) == before
