@@ -70,6 +70,52 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _is_lock_error(e: BaseException | None) -> bool:
+    """pymilvus wraps Lite's DataDirLockedError in a generic "Open local milvus failed"."""
+    seen = 0
+    while e is not None and seen < 10:
+        if type(e).__name__ == "DataDirLockedError" or "holds the lock" in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _lite_dir_locked(uri: str) -> bool:
+    """After a failed open: is a Lite data dir locked by another process? (pymilvus only logs why.)"""
+    import fcntl
+    import os
+
+    if uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")) or not os.path.isdir(uri):
+        return False
+    try:
+        from milvus_lite.db import LOCK_FILENAME
+    except ImportError:
+        return False
+    path = os.path.join(uri, LOCK_FILENAME)
+    if not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+class _QuietLockErrors(logging.Filter):
+    """Milvus Lite logs a full traceback when its data dir is locked; we raise IndexBusyError instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not _is_lock_error(exc)
+
+
+logging.getLogger("milvus_lite.server_manager").addFilter(_QuietLockErrors())
+
+
 def connect(uri: str, token: str = "", db_name: str = ""):
     """A process-wide client per (uri, token, db). Translates the Lite lock into IndexBusyError."""
     key = (uri, token, db_name)
@@ -86,7 +132,7 @@ def connect(uri: str, token: str = "", db_name: str = ""):
         try:
             client = MilvusClient(**kwargs)
         except Exception as e:
-            if "lock" in str(e).lower() or type(e).__name__ == "DataDirLockedError":
+            if _is_lock_error(e) or _lite_dir_locked(uri):
                 raise IndexBusyError(
                     f"the Milvus Lite index at {uri} is in use by another process (an ingest run?). "
                     "Milvus Lite allows one process at a time: retry when it finishes, or point "

@@ -1,0 +1,184 @@
+"""The sensor, the schedule, the definitions and Milvus Lite's one-process rule, on a real instance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DagsterInstance,
+    DeleteDynamicPartitionsRequest,
+    Definitions,
+    build_schedule_context,
+    build_sensor_context,
+    materialize,
+)
+
+from helpers import TEXT, cli_json, rows_by_file
+from mmrag.config import Settings
+from mmrag.state import Manifest
+
+RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def _defs():
+    from mmrag.definitions import defs
+
+    return defs
+
+
+def _sensor_tick(instance, cursor=None):
+    from mmrag_resources.data_dir import DataDirResource
+    from mmrag_resources.milvus import MilvusResource
+    from schedules.sensors import watch_folders
+
+    ctx = build_sensor_context(instance=instance, cursor=cursor,
+                               resources={"data_dir": DataDirResource(), "milvus": MilvusResource()})
+    return watch_folders(ctx)
+
+
+def _apply(instance, result):
+    """Do what the daemon does with a SensorResult: partition requests first, then run the runs."""
+    for req in result.dynamic_partitions_requests:
+        if isinstance(req, AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        elif isinstance(req, DeleteDynamicPartitionsRequest):
+            for k in req.partition_keys:
+                instance.delete_dynamic_partition(req.partitions_def_name, k)
+    defs = _defs()
+    for rr in result.run_requests:
+        job = defs.resolve_job_def(rr.job_name)
+        res = job.execute_in_process(instance=instance, tags=rr.tags, run_config=rr.run_config or None)
+        assert res.success
+
+
+def test_definitions_load_and_lineage():
+    defs = _defs()
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    order = ["raw_files", "parsed_blocks", "modal_descriptions", "embeddings", "milvus_partitions", "lightrag_graph"]
+    for up, down in zip(order, order[1:]):
+        from dagster import AssetKey
+
+        assert AssetKey(up) in graph.get(AssetKey(down)).parent_keys
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "cleanup_job"}
+
+
+def test_sensor_adds_changes_deletes_and_batches(mmrag_env, tmp_path, monkeypatch):
+    root = tmp_path / "watched"
+    root.mkdir()
+    for n in ("a", "b", "d"):
+        (root / f"{n}.md").write_text(f"# {n}\n\nFile {n} talks about ducks number {n}.\n")
+    monkeypatch.setenv("MMRAG_WATCH", f"w={root}")
+    instance = DagsterInstance.get()
+
+    first = _sensor_tick(instance)
+    adds = [r for r in first.dynamic_partitions_requests if isinstance(r, AddDynamicPartitionsRequest)]
+    assert [list(r.partition_keys) for r in adds] == [["w:a.md", "w:b.md", "w:d.md"]]
+    assert len(first.run_requests) == 1  # three new files, one run
+    assert tuple(first.run_requests[0].tags[t] for t in RANGE) == ("w:a.md", "w:d.md")
+    assert first.run_requests[0].tags.get("mmrag/index-writer") == "milvus-lite"
+    # The same tick again before the run happened: nothing is requested twice.
+    again = _sensor_tick(instance, first.cursor)
+    assert not again.run_requests and not again.dynamic_partitions_requests
+    _apply(instance, first)
+    assert set(rows_by_file(TEXT)) == {"w:a.md", "w:b.md", "w:d.md"}
+
+    quiet = _sensor_tick(instance, first.cursor)
+    assert not quiet.run_requests and "no change" in quiet.skip_reason.skip_message
+
+    time.sleep(0.01)
+    (root / "a.md").write_text("# a\n\nFile a was edited: now about geese.\n")
+    (root / "b.md").unlink()
+    (root / "c.md").write_text("# c\n\nA new file about coots.\n")
+    os.utime(root / "d.md")  # touched, same bytes: not re-indexed
+    tick = _sensor_tick(instance, quiet.cursor)
+    by_job = {}
+    for rr in tick.run_requests:
+        by_job.setdefault(rr.job_name, []).append(rr)
+    assert by_job["cleanup_job"][0].run_config["ops"]["remove_deleted_files"]["config"]["file_keys"] == ["w:b.md"]
+    ranges = sorted(tuple(rr.tags[t] for t in RANGE) for rr in by_job["ingest_job"])
+    assert ranges == [("w:a.md", "w:a.md"), ("w:c.md", "w:c.md")]  # d.md sits between them and is unchanged
+    dels = [list(r.partition_keys) for r in tick.dynamic_partitions_requests if isinstance(r, DeleteDynamicPartitionsRequest)]
+    assert dels == [["w:b.md"]]
+    before = rows_by_file(TEXT)
+    _apply(instance, tick)
+    after = rows_by_file(TEXT)
+    assert set(after) == {"w:a.md", "w:c.md", "w:d.md"}
+    assert after["w:d.md"] == before["w:d.md"] and after["w:a.md"] != before["w:a.md"]
+
+    # A root that disappears (an unmounted share) deletes nothing.
+    root.rename(tmp_path / "gone")
+    missing = _sensor_tick(instance, tick.cursor)
+    assert not missing.run_requests and not missing.dynamic_partitions_requests
+    assert "missing" in missing.skip_reason.skip_message
+
+
+def test_schedule_reindexes_only_stale_partitions(mmrag_env, tmp_path, capsys, monkeypatch):
+    from mmrag_resources.data_dir import DataDirResource
+    from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
+    from mmrag_resources.llm import LLMResource
+    from mmrag_resources.milvus import MilvusResource
+    from mmrag_resources.parsers import ParserResource
+    from schedules.reindex import reindex_schedule
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    for n in ("a", "b", "c"):
+        (root / f"{n}.md").write_text(f"# {n}\n\nDocument {n} about grebes.\n")
+    assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
+    instance = DagsterInstance.get()
+    resources = {"data_dir": DataDirResource(), "milvus": MilvusResource(), "parsers": ParserResource(),
+                 "llm": LLMResource(), "text_embedder": TextEmbedderResource(), "image_embedder": ImageEmbedderResource()}
+
+    def tick():
+        from datetime import datetime, timezone
+
+        return reindex_schedule(build_schedule_context(instance=instance, resources=resources,
+                                                       scheduled_execution_time=datetime.now(timezone.utc)))
+
+    assert "nothing stale" in tick().skip_message
+    # Same bytes written back with a new mtime: still not stale.
+    (root / "b.md").write_text("# b\n\nDocument b about grebes.\n")
+    assert "nothing stale" in tick().skip_message
+    (root / "b.md").write_text("# b\n\nDocument b is now about herons.\n")
+    reqs = tick()
+    assert [tuple(r.tags[t] for t in RANGE) for r in reqs] == [("docs:b.md", "docs:b.md")]
+    # A new chunk size changes the config fingerprint: every file is stale, batched in one run.
+    monkeypatch.setenv("MMRAG_CHUNK_SIZE", "90")
+    reqs = tick()
+    assert [tuple(r.tags[t] for t in RANGE) for r in reqs] == [("docs:a.md", "docs:c.md")]
+
+
+def test_materialize_one_partition_with_a_temporary_instance(mmrag_env, tmp_path):
+    from mmrag.definitions import default_resources
+    from mmrag_assets.jobs import ASSETS
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "note.md").write_text("# Note\n\nA single note about shovelers.\n")
+    Manifest(Settings.from_env().state_path).set_source("docs", str(root))
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("source_files", ["docs:note.md"])
+        res = materialize(ASSETS, partition_key="docs:note.md", instance=instance, resources=default_resources())
+        assert res.success
+        mats = res.asset_materializations_for_node("milvus_partitions")
+        assert mats and mats[0].metadata["ok"].value == 1
+    assert list(rows_by_file(TEXT)) == ["docs:note.md"]
+
+
+def test_query_while_another_process_holds_milvus_lite(mmrag_env, tmp_path, capsys):
+    """This test process ingested, so it holds the Lite data dir, as a running ingest would."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "x.md").write_text("# X\n\nSomething about wigeons.\n")
+    assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "mmrag.cli", "query", "wigeons"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - t0 < 60  # a clear message, not a hang
