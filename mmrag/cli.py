@@ -65,7 +65,6 @@ def cmd_ingest(args) -> int:
         print(f"mmrag: {scan.error}; nothing was changed", file=sys.stderr)
         return EXIT_BAD_ROOT
     instance = _instance(settings)
-    from dagster import DagsterInstance  # noqa: F401  (instance already created)
 
     from mmrag.definitions import defs
     from mmrag.state import Manifest
@@ -119,7 +118,7 @@ def _index_counts(settings: Settings) -> dict:
 
     store = MilvusStore(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_db,
                         settings.collection_prefix)
-    from mmrag.graph import graph_counts
+    from mmrag.lightrag_runtime import graph_counts
 
     nodes, edges = graph_counts(settings.graph_dir)
     return {"text_rows": store.count(TEXT), "image_rows": store.count(IMAGE), "graph_nodes": nodes, "graph_edges": edges}

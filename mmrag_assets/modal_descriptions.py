@@ -9,7 +9,6 @@ text) and marked `description_source="extractive"`.
 from dagster import AssetExecutionContext, asset
 
 from mmrag.describe import describe_document
-from mmrag.stages import FileOutcome
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource

@@ -35,7 +35,8 @@ class LightRAGResource(ConfigurableResource):
     def store(self, embed_fn: Callable, embed_dim: int, llm: Any, manifest) -> GraphStore:
         """The process's GraphStore for this configuration, built once (LightRAG and its Milvus
         collections are opened on first use); later calls rebind the embedder, LLM and manifest."""
-        from mmrag.graph import GraphStore, workspace_name
+        from mmrag.graph import GraphStore
+        from mmrag.lightrag_runtime import workspace_name
 
         key = (*self.config_key(), embed_dim)
         working_dir, namespace, uri, token, db, _ = key

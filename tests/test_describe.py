@@ -7,7 +7,6 @@ import json
 import pytest
 from PIL import Image
 
-from fixtures_llm import openai_server  # noqa: F401  (fixture)
 from mmrag.blocks import Block, BlockKind, ParsedDocument
 from mmrag.describe import CACHE_NAMESPACE, cache_key, describe_document, parse_reply
 from mmrag.llm import LLMClient

@@ -248,7 +248,7 @@ def test_llm_extraction_and_removal(tmp_path, embed_fn):
 
 
 def test_resource_builds_one_store_per_config(tmp_path, monkeypatch, embed_fn):
-    from mmrag.graph import graph_counts
+    from mmrag.lightrag_runtime import graph_counts
     from mmrag_resources.lightrag import LightRAGResource, close_stores
 
     monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))

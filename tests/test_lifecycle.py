@@ -78,7 +78,7 @@ def test_change_and_delete_touch_only_their_file(mmrag_env, tmp_path, capsys):
     from dagster import DagsterInstance
 
     from mmrag.config import Settings
-    from mmrag.graph import graph_counts
+    from mmrag.lightrag_runtime import graph_counts
     from mmrag.state import Manifest
 
     root = _small_corpus(tmp_path / "docs")

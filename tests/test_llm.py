@@ -11,7 +11,6 @@ import time
 import pytest
 from PIL import Image
 
-from fixtures_llm import openai_server  # noqa: F401  (fixture)
 from mmrag.config import Settings
 from mmrag.llm import LLMClient, LLMError, guess_image_mime, image_data_url
 from openai_server import FakeOpenAIServer, image_parts
