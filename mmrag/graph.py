@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -87,6 +88,10 @@ class GraphStore:
 
     async def _aopen(self):
         from lightrag import LightRAG
+
+        # lightrag.utils sets its logger to INFO at import and logs every storage write; our assets
+        # report per-file outcomes in Dagster metadata instead.
+        logging.getLogger("lightrag").setLevel(logging.WARNING)
         from lightrag.kg.shared_storage import initialize_pipeline_status
         from lightrag.utils import EmbeddingFunc, Tokenizer
         rag = LightRAG(

@@ -114,6 +114,10 @@ class _QuietLockErrors(logging.Filter):
 
 
 logging.getLogger("milvus_lite.server_manager").addFilter(_QuietLockErrors())
+# Milvus Lite's in-process gRPC server has no AllocTimestamp; clients that probe it get a fallback,
+# but the server logs a traceback for each probe.
+logging.getLogger("grpc._server").addFilter(
+    lambda r: "Method not implemented" not in r.getMessage() and "AllocTimestamp" not in str(r.exc_info))
 
 
 def connect(uri: str, token: str = "", db_name: str = ""):

@@ -45,7 +45,7 @@ if [ $demo -eq 1 ]; then
   .venv/bin/python scripts/make_demo.py demo/corpus
   echo "==> mmrag ingest demo/corpus"
   .venv/bin/mmrag ingest demo/corpus --source demo
-  echo "==> mmrag query \"Which bird dabbles for food?\""
-  .venv/bin/mmrag query "Which bird dabbles for food?" --top-k 3
+  echo "==> mmrag query \"Which ducks feed at the surface of shallow water?\""
+  .venv/bin/mmrag query "Which ducks feed at the surface of shallow water?" --top-k 3
   echo "==> done. See the runs: MMRAG_HOME=$MMRAG_HOME .venv/bin/mmrag dev"
 fi
