@@ -140,3 +140,25 @@ def test_missing_root_changes_nothing(mmrag_env, tmp_path, capsys):
     assert main(["ingest", str(root), "--source", "docs"]) == 2
     assert "missing" in capsys.readouterr().err
     assert rows_by_file(TEXT) == before
+
+
+def test_status_reports_rows_outcomes_and_staleness(mmrag_env, tmp_path, capsys, monkeypatch):
+    root = _small_corpus(tmp_path / "docs")
+    (root / "empty.pdf").write_bytes(b"")
+    assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
+    code, st = cli_json(capsys, "status")
+    assert code == 0
+    docs = st["sources"]["docs"]
+    files = {f["path"]: f for f in docs["files"]}
+    assert files["empty.pdf"]["status"] == "skipped" and "empty" in files["empty.pdf"]["reason"]
+    assert files["a.md"]["status"] == "indexed" and files["a.md"]["text_rows"] >= 1
+    assert docs["text_rows"] == sum(f["text_rows"] for f in docs["files"]) == len(
+        [i for ids in rows_by_file(TEXT).values() for i in ids])
+    assert docs["stale"] == [] and docs["deleted"] == []
+    (root / "d.md").write_text("# Delta\n\nDelta now talks about cormorants.\n")
+    (root / "a.md").unlink()
+    _, st = cli_json(capsys, "status")
+    assert st["sources"]["docs"]["stale"] == ["d.md"] and st["sources"]["docs"]["deleted"] == ["a.md"]
+    monkeypatch.setenv("MMRAG_CHUNK_SIZE", "77")  # a config change makes every file stale
+    _, st = cli_json(capsys, "status")
+    assert set(st["sources"]["docs"]["stale"]) == {"b.md", "c.md", "d.md", "empty.pdf"}
