@@ -114,3 +114,27 @@ def test_chunks_keep_lineage_and_respect_size(tmp_path):
     assert all(set(c.block_ids) <= ids for c in chunks)
     tables = [c for c in chunks if c.modality == "table"]
     assert tables and all(len(c.block_ids) == 1 for c in tables)
+
+
+def test_mineru_parser_by_config(tmp_path):
+    """MinerU (flash tier, offline) through its local server, started by the parser if needed."""
+    need_shared()
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "mineru"
+    if not exe.exists():
+        pytest.skip("mineru is not installed")
+    was_running = "not running" not in subprocess.run([str(exe), "server", "status"], capture_output=True,
+                                                      text=True, timeout=60).stdout.lower()
+    try:
+        src = tmp_path / "multi_page.pdf"
+        src.write_bytes((SAMPLE / "multi_page.pdf").read_bytes())
+        doc = parse_file(src, detect(src), BlobStore(tmp_path / "blobs"), file_key="t:m.pdf", source="t",
+                         rel_path="m.pdf", content_hash="h", pdf_parser="mineru")
+        assert doc.parser == "mineru" and doc.parser_version[0].isdigit()
+        assert any(b.kind == BlockKind.TITLE for b in doc.blocks)  # MinerU recovers headings; pypdfium2 does not
+        assert "word processor" in " ".join(b.text for b in doc.blocks).lower()
+    finally:
+        if not was_running:
+            subprocess.run([str(exe), "server", "stop"], capture_output=True, timeout=60)
