@@ -35,6 +35,13 @@ _MENTION, _CAPTION = re.compile(r"\b" + _LABEL, re.I), re.compile(r"^\s*" + _LAB
 _KIND_NAME = {"f": "Figure", "t": "Table", "e": "Equation"}
 
 
+def _lead(text: str, limit: int = 200) -> str:
+    """The first sentence or `limit` characters of a text."""
+    text = " ".join(text.split())
+    cut = text.find(". ", 40, limit)
+    return text[: cut + 1] if cut > 0 else text[:limit]
+
+
 def _label(m: re.Match) -> str:
     return f"{_KIND_NAME[m.group(1)[0].lower()]} {m.group(2).upper()}"
 
@@ -63,6 +70,7 @@ class GraphStore:
         self.rebind(embed_fn, llm, manifest)
         self._lock, self._embed_lock = threading.RLock(), threading.Lock()
         self._pending: dict[str, list[dict]] = {}
+        self._known_vectors: dict[str, np.ndarray] = {}
         self._rag = None
 
     def rebind(self, embed_fn: Callable, llm: Any, manifest: Manifest) -> None:
@@ -109,8 +117,14 @@ class GraphStore:
 
     async def _aembed(self, texts: list[str]) -> np.ndarray:
         def call():
-            with self._embed_lock:  # one model, several concurrent LightRAG batches
-                return np.asarray(self._embed_fn(list(texts)), dtype=np.float32)
+            # Chunk texts were embedded by the embeddings stage already: reuse those vectors.
+            known = self._known_vectors
+            missing = [t for t in dict.fromkeys(texts) if t not in known]
+            fresh = {}
+            if missing:
+                with self._embed_lock:  # one model, several concurrent LightRAG batches
+                    fresh = dict(zip(missing, np.asarray(self._embed_fn(missing), dtype=np.float32)))
+            return np.stack([known[t] if t in known else fresh[t] for t in texts]).astype(np.float32)
 
         return await asyncio.to_thread(call)
 
@@ -128,25 +142,81 @@ class GraphStore:
 
     def index_file(self, file_key: str, doc: ParsedDocument, chunks: list[Chunk]) -> dict:
         """Replace the file's contributions with a fresh graph of `chunks`; returns stats."""
+        result = self.index_files([(file_key, doc, chunks)])[file_key]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def index_files(self, batch: list[tuple[str, ParsedDocument, list[Chunk]]], persist_every: int = 25,
+                    known_vectors: dict[str, np.ndarray] | None = None) -> dict[str, dict | Exception]:
+        """`index_file` for the files of a run: {file key: stats, or the exception that file raised}.
+
+        LightRAG writes every store to disk (the whole GraphML file included) after each insert and
+        delete, which costs O(graph size) per file; here the writes happen once per `persist_every`
+        files and at the end, so a crash loses at most that many files' graph updates (their
+        partitions stay stale and are redone). `known_vectors` maps chunk texts to the vectors the
+        embeddings stage computed, so LightRAG does not embed them again."""
         with self._lock:
-            self.remove_file(file_key)
-            t0 = time.perf_counter()
-            items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
-            if not items:
-                return {"mode": "none", "chunks": 0, "entities": 0, "relations": 0}
-            ids = [chunk_id(t) for _, t in items]
-            self.manifest.set_graph_refs(file_key, "doc", [file_key])  # before writing: a failure can clean up
-            self.manifest.set_graph_refs(file_key, "chunk", sorted(set(ids)))
+            self.rag  # noqa: B018  (open before entering the loop)
+            self._known_vectors = {chunk_text(t): np.asarray(v, dtype=np.float32) for t, v in (known_vectors or {}).items()}
             try:
-                build = self._aindex_llm if self.llm is not None else self._aindex_structural
-                stats = self.run(build(file_key, doc, items, ids))
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.remove_file(file_key)
-                raise
-            stats["nodes"], stats["edges"] = self.stats()
-            stats["seconds"] = round(time.perf_counter() - t0, 3)
-            return stats
+                results = self.run(self._aindex_many(batch, persist_every))
+            finally:
+                self._known_vectors = {}
+            nodes, edges = self.stats()
+            for r in results.values():
+                if isinstance(r, dict):
+                    r["nodes"], r["edges"] = nodes, edges
+            return results
+
+    async def _aindex_many(self, batch, persist_every: int) -> dict:
+        results: dict[str, dict | Exception] = {}
+        for start in range(0, len(batch), max(1, persist_every)):
+            async with self._persist_once():
+                for fk, doc, chunks in batch[start : start + persist_every]:
+                    try:
+                        results[fk] = await self._aindex_one(fk, doc, chunks)
+                    except Exception as e:  # one file's failure must not stop the others
+                        results[fk] = e
+        return results
+
+    async def _aindex_one(self, fk: str, doc: ParsedDocument, chunks: list[Chunk]) -> dict:
+        await self._aremove(fk)
+        t0 = time.perf_counter()
+        items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
+        if not items:
+            return {"mode": "none", "chunks": 0, "entities": 0, "relations": 0}
+        ids = [chunk_id(t) for _, t in items]
+        self.manifest.set_graph_refs(fk, "doc", [fk])  # before writing: a failure can clean up
+        self.manifest.set_graph_refs(fk, "chunk", sorted(set(ids)))
+        try:
+            build = self._aindex_llm if self.llm is not None else self._aindex_structural
+            stats = await build(fk, doc, items, ids)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._aremove(fk)
+            raise
+        stats["seconds"] = round(time.perf_counter() - t0, 3)
+        return stats
+
+    @contextlib.asynccontextmanager
+    async def _persist_once(self):
+        """Within the block, LightRAG's per-operation `_insert_done` (persist every store) only
+        records that a write is due; one real write happens on exit."""
+        rag = self._rag
+        due = False
+
+        async def deferred(*_a, **_k) -> None:
+            nonlocal due
+            due = True
+
+        rag._insert_done = deferred  # shadows the bound method on this instance only
+        try:
+            yield
+        finally:
+            del rag._insert_done
+            if due:
+                await rag._insert_done()
 
     def remove_file(self, file_key: str) -> dict:
         """Remove what this file alone contributed; idempotent, a no-op for an unknown file."""
@@ -241,7 +311,9 @@ class GraphStore:
         for c, t in items:
             if c.id not in owner:
                 owner[c.id] = f"{fk} ¶ {c.id}"
-                ent(owner[c.id], "passage", t, c)
+                # A passage stands for its chunk in the graph; the chunk itself carries the full text,
+                # so the entity's description (embedded once more by LightRAG) stays short.
+                ent(owner[c.id], "passage", _lead(t), c)
                 rel(parent.get(c.section, fk), owner[c.id], "contains", c)
         by_label = {label: name for name, label in modal.values() if label and name in ents}
         xrefs = 0

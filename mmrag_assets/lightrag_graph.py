@@ -27,24 +27,25 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     text = text_embedder.embedder(client)
     manifest = data_dir.manifest()
     graph = lightrag.store(text.embed, text.dim, client, manifest)
-    out, rows = {}, []
+    out, rows, batch, known = {}, [], [], {}
     for key in context.partition_keys:
         emb = embeddings[key]
         if isinstance(emb, FileOutcome) or milvus_partitions[key].get("status") != "indexed":
             out[key] = {"status": "not indexed"}
             rows.append((key, "unchanged", "not indexed by this run; its earlier graph contributions are kept"))
-            continue
-        try:
-            stats = graph.index_file(key, emb.doc, emb.chunks)
-        except Exception as e:  # one file's graph failure must not stop the others
-            reason = f"graph: {type(e).__name__}: {e}"
+        else:
+            batch.append((key, emb.doc, emb.chunks))
+            known.update(zip((c.text for c in emb.chunks), emb.text_vectors))
+    for key, result in graph.index_files(batch, known_vectors=known).items():
+        if isinstance(result, Exception):  # one file's graph failure does not stop the others
+            reason = f"graph: {type(result).__name__}: {result}"
             manifest.update(key, status="failed", reason=reason[:2000])
             context.log.error(f"{key}: {reason}")
             out[key] = {"status": "failed", "reason": reason}
             rows.append((key, "failed", reason))
-            continue
-        out[key] = {"status": "indexed", **stats}
-        rows.append((key, "indexed", ", ".join(f"{k} {v}" for k, v in stats.items())))
+        else:
+            out[key] = {"status": "indexed", **result}
+            rows.append((key, "indexed", ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("nodes", "edges"))))
     nodes, edges = graph.stats()
     context.add_output_metadata({**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
                                  "mode": "llm extraction" if client else "structural (no LLM)",
