@@ -67,7 +67,11 @@ class Block(BaseModel):
             return self.text.strip()
         body = self.description or self.text
         label = {"table": "Table", "image": "Figure", "equation": "Equation"}[self.kind.value]
-        head = f"{label}: {self.caption}" if self.caption and self.caption not in body else f"{label}:"
+        if self.caption and self.caption not in body:
+            # "Figure 2: ..." captions name themselves; others get the kind in front.
+            head = self.caption if self.caption.lower().startswith(label[:3].lower()) else f"{label}: {self.caption}"
+        else:
+            head = f"{label}:"
         return f"{head}\n{body}".strip()
 
 
