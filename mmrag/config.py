@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -45,7 +45,6 @@ class Settings:
     pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
     chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
     chunk_overlap: int = 30
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -115,10 +114,3 @@ class Settings:
             "chunk": [self.chunk_size, self.chunk_overlap],
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-    def public_dict(self) -> dict:
-        d = asdict(self)
-        d["home"] = str(self.home)
-        d["llm_api_key"] = "***" if self.llm_api_key else ""
-        d["milvus_token"] = "***" if self.milvus_token else ""
-        return d

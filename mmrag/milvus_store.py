@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 _clients: dict[tuple[str, str, str], Any] = {}
@@ -259,13 +259,6 @@ class MilvusStore:
             return 0
         res = self.client.query(name, filter=filter, output_fields=["count(*)"])
         return int(res[0]["count(*)"]) if res else 0
-
-    def rows_for_file(self, modality: str, file_key: str, fields: Iterable[str] = ("id", "text", "page")) -> list[dict]:
-        name = self._loaded(modality)
-        if name is None:
-            return []
-        return self.client.query(name, filter=f"file_key == {quote(file_key)}",
-                                 output_fields=list(fields), limit=16384)
 
     _FIELDS = ["file_key", "source", "modality", "page", "t_start", "t_end", "lineage", "image_path",
                "parser", "pipeline_version", "text", "chunk_id"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrag.blobs import hash_file
-from mmrag.ids import file_key, is_valid_key, split_file_key
+from mmrag.ids import file_key, is_valid_key
 from mmrag.state import FileRecord
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -131,7 +131,3 @@ def contiguous_ranges(keys: list[str], ordered: list[str], max_len: int = 200) -
 
 def range_tags(start: str, end: str) -> dict[str, str]:
     return {RANGE_START_TAG: start, RANGE_END_TAG: end}
-
-
-def source_of(key: str) -> str:
-    return split_file_key(key)[0]
