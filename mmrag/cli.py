@@ -216,7 +216,9 @@ def cmd_dev(args) -> int:
     """`dagster dev` on this project with the CLI's DAGSTER_HOME, so its runs show up."""
     settings = Settings.from_env()
     ensure_dagster_home(settings)
-    cmd = ["dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port)]
+    local = Path(sys.executable).parent / "dagster"  # the venv's, even when the venv is not on PATH
+    cmd = [str(local) if local.exists() else "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+           "-p", str(args.port)]
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
