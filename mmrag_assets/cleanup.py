@@ -5,6 +5,8 @@ the deleted keys in its config; the CLI runs it in-process. Idempotent.
 """
 
 
+from pathlib import Path
+
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
 from mmrag_resources.data_dir import DataDirResource
@@ -31,8 +33,14 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
     text = text_embedder.embedder(client)
     graph = lightrag.store(text.embed, text.dim, client, manifest)
     stage_store = StageStore(home=data_dir.home)
-    rows = 0
+    rows, skipped = 0, []
+    roots = manifest.sources()
     for key in keys:
+        source, _, rel = key.partition(":")
+        if source in roots and (Path(roots[source]) / rel).is_file():
+            # Re-created after the deletion was requested: its new index entries must stay.
+            skipped.append(key)
+            continue
         n = store.delete_file(key)
         graph.remove_file(key)
         manifest.delete(key)
@@ -41,7 +49,7 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
         rows += n
         if log:
             log.info(f"removed {key}: {n} Milvus rows and its graph contributions")
-    return {"files": len(keys), "rows_deleted": rows}
+    return {"files": len(keys) - len(skipped), "rows_deleted": rows, "skipped_recreated": len(skipped)}
 
 
 @op(description="Delete everything derived from source files that no longer exist.")

@@ -182,3 +182,18 @@ def test_query_while_another_process_holds_milvus_lite(mmrag_env, tmp_path, caps
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "in use by another process" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - t0 < 60  # a clear message, not a hang
+
+
+def test_cleanup_spares_a_file_recreated_after_its_deletion_was_requested(mmrag_env, tmp_path, capsys):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "back.md").write_text("# Back\n\nThis file was deleted and put back before the clean-up ran.\n")
+    (root / "gone.md").write_text("# Gone\n\nThis one stays deleted.\n")
+    assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
+    (root / "gone.md").unlink()
+    res = _defs().resolve_job_def("cleanup_job").execute_in_process(
+        instance=DagsterInstance.get(),
+        run_config={"ops": {"remove_deleted_files": {"config": {"file_keys": ["docs:back.md", "docs:gone.md"]}}}})
+    assert res.success
+    assert res.output_for_node("remove_deleted_files") == {"files": 1, "rows_deleted": 1, "skipped_recreated": 1}
+    assert set(rows_by_file(TEXT)) == {"docs:back.md"}
