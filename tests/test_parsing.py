@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def test_chunks_keep_lineage_and_respect_size(tmp_path):
     assert tables and all(len(c.block_ids) == 1 for c in tables)
 
 
+@pytest.mark.skipif(os.environ.get("MMRAG_TEST_MINERU") != "1",
+                    reason="opt-in (MMRAG_TEST_MINERU=1): MinerU's server probes its vendor's cloud API when it starts")
 def test_mineru_parser_by_config(tmp_path):
     """MinerU (flash tier, offline) through its local server, started by the parser if needed."""
     need_shared()

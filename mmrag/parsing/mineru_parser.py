@@ -40,8 +40,11 @@ def ensure_server(exe: str) -> None:
         start = subprocess.run([exe, "server", "start"], capture_output=True, text=True, timeout=300)
         if start.returncode != 0:
             raise ParseError(f"MinerU's server did not start: {(start.stderr or start.stdout).strip()[-300:]}")
-        # MinerU reports usage by default; mmrag's only network peers are the servers it is given.
+        # MinerU reports usage and health-probes its vendor's cloud parse API by default; mmrag's only
+        # network peers are the servers it is given, so both are turned off (the probe to loopback).
         subprocess.run([exe, "telemetry", "disable"], capture_output=True, text=True, timeout=60)
+        subprocess.run([exe, "config", "set", "parse_server.remote.url", "http://127.0.0.1:9/api"],
+                       capture_output=True, text=True, timeout=60)
     _server_checked = True
 
 
