@@ -137,7 +137,7 @@ def _report(args, settings, source, scan, run_errors) -> int:
             failed.append({"path": rel, "error": failed_by_run[key]})
         elif rec is None:
             failed.append({"path": rel, "error": "not indexed (no record)"})
-        elif rec.status == "indexed":
+        elif rec.status in ("indexed", "partial"):  # partial: indexed, some descriptions extractive
             indexed += 1
         elif rec.status == "skipped":
             skipped.append({"path": rel, "reason": rec.reason})

@@ -19,6 +19,11 @@ from mmrag.filetypes import Detected, detect
 from mmrag.ids import row_id
 
 
+# A warning with this prefix marks a file indexed with extractive descriptions because the model
+# server failed: it is recorded as "partial" and the schedule retries it.
+DEGRADED = "degraded: "
+
+
 @dataclass
 class FileOutcome:
     """A file that is not (re)indexed by this run, and why."""

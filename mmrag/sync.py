@@ -80,7 +80,8 @@ def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
     """Compare a scan with the manifest and the existing partitions (one read each, set diffs).
 
     `fingerprint` None = the sensor's view (content only); given = also mark files stale whose
-    config fingerprint differs or whose last attempt failed (the schedule's and the CLI's view).
+    config fingerprint differs, whose last attempt failed, or that were indexed only partially
+    (descriptions fell back to extractive after model errors): the schedule's and the CLI's view.
     """
     plan = SyncPlan()
     prefix = f"{scan.source}:"
@@ -98,7 +99,7 @@ def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
                 plan.changed.append(key)
                 continue
             plan.touched[key] = (size, mtime)
-        if fingerprint is not None and (rec.fingerprint != fingerprint or rec.status == "failed"):
+        if fingerprint is not None and (rec.fingerprint != fingerprint or rec.status in ("failed", "partial")):
             plan.stale.append(key)
         else:
             plan.unchanged.append(key)

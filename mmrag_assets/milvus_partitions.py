@@ -9,7 +9,7 @@ skipped or failed keeps whatever rows it had: bad input never costs what is alre
 from dagster import AssetExecutionContext, asset
 
 from mmrag.milvus_store import IMAGE, TEXT
-from mmrag.stages import FileOutcome, milvus_rows
+from mmrag.stages import DEGRADED, FileOutcome, milvus_rows
 from mmrag.state import FileRecord
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
@@ -51,12 +51,14 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         raw = emb.raw
         rec.root = raw.root
         rec.content_hash, rec.size, rec.mtime, rec.mime = raw.content_hash, raw.size, raw.mtime, emb.doc.mime
-        rec.status, rec.reason = "indexed", "; ".join(emb.notes + emb.doc.warnings)[:2000] or None
+        degraded = any(w.startswith(DEGRADED) for w in emb.doc.warnings)
+        rec.status = "partial" if degraded else "indexed"
+        rec.reason = "; ".join(emb.notes + emb.doc.warnings)[:2000] or None
         rec.fingerprint, rec.parser = fingerprint, f"{emb.doc.parser} {emb.doc.parser_version}"
         rec.text_rows, rec.image_rows = len(text_rows), len(image_rows)
         manifest.upsert(rec)
         out[key] = {"status": "indexed", "text_rows": len(text_rows), "image_rows": len(image_rows)}
-        rows.append((key, "indexed", f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
+        rows.append((key, rec.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
                                      f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
     context.add_output_metadata({
         **outcome_counts(embeddings), "uri": store.uri if not milvus.is_lite else f"Milvus Lite: {store.uri}",

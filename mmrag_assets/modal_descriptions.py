@@ -9,6 +9,7 @@ text) and marked `description_source="extractive"`.
 from dagster import AssetExecutionContext, asset
 
 from mmrag.describe import describe_document
+from mmrag.stages import DEGRADED
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
@@ -36,6 +37,8 @@ def modal_descriptions(context: AssetExecutionContext, parsed_blocks: dict, llm:
         detail = f"{stats.blocks} modal: {stats.llm_calls} model calls, {stats.cache_hits} cached, {stats.extractive} extractive"
         if stats.errors:
             detail += f"; errors: {'; '.join(stats.errors)[:150]}"
+            doc.warnings.append(f"{DEGRADED}{len(stats.errors)} descriptions are extractive after model errors "
+                                f"({stats.errors[0][:200]})")
         rows.append((key, "described", detail))
     context.add_output_metadata({
         **outcome_counts(parsed_blocks), **totals,

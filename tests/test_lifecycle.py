@@ -162,3 +162,33 @@ def test_status_reports_rows_outcomes_and_staleness(mmrag_env, tmp_path, capsys,
     monkeypatch.setenv("MMRAG_CHUNK_SIZE", "77")  # a config change makes every file stale
     _, st = cli_json(capsys, "status")
     assert set(st["sources"]["docs"]["stale"]) == {"b.md", "c.md", "d.md", "empty.pdf"}
+
+
+def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_path, capsys, openai_server,
+                                                                  monkeypatch):
+    """The VLM fails: the file is indexed with extractive descriptions, marked partial, and redone later."""
+    need_shared()
+    from mmrag.config import Settings
+    from mmrag.state import Manifest
+    from openai_server import Fault
+
+    openai_server.responder = lightrag_aware
+    openai_server.fault_fn = lambda rec: Fault(status=503) if (rec.json or {}).get("model") == "fake-vlm" else None
+    for k, v in {"MMRAG_LLM_URL": openai_server.base_url, "MMRAG_LLM_MODEL": "fake-llm",
+                 "MMRAG_VLM_MODEL": "fake-vlm", "MMRAG_LLM_RETRIES": "0"}.items():
+        monkeypatch.setenv(k, v)
+    root = copy_corpus(SAMPLE, tmp_path / "docs", ["powerpoint_with_image.pptx"])
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0 and out["indexed"] == 1
+    rec = Manifest(Settings.from_env().state_path).get("docs:powerpoint_with_image.pptx")
+    assert rec.status == "partial" and "extractive after model errors" in rec.reason
+    first_rows = rows_by_file(TEXT)
+
+    openai_server.fault_fn = None  # the VLM is back
+    vlm_before = sum(1 for r in openai_server.chat_requests() if r["model"] == "fake-vlm")
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0
+    rec = Manifest(Settings.from_env().state_path).get("docs:powerpoint_with_image.pptx")
+    assert rec.status == "indexed"
+    assert sum(1 for r in openai_server.chat_requests() if r["model"] == "fake-vlm") > vlm_before
+    assert rows_by_file(TEXT) != first_rows  # the image's row now carries the VLM's description
