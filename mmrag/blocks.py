@@ -23,6 +23,7 @@ class BlockKind(str, Enum):
     IMAGE = "image"
     EQUATION = "equation"
     CODE = "code"
+    TRANSCRIPT = "transcript"  # a timed segment of speech (audio, video soundtrack)
 
     @property
     def is_modal(self) -> bool:
@@ -44,6 +45,8 @@ class Block(BaseModel):
     )
     level: int | None = Field(None, description="heading level for titles")
     section: str = Field("", description="heading path the block sits under")
+    t_start: float | None = Field(None, description="seconds from the start of the media file")
+    t_end: float | None = Field(None, description="seconds from the start of the media file")
     caption: str = ""
     image_path: str | None = Field(None, description="content-addressed file under the data dir")
     image_missing: str | None = Field(
@@ -125,6 +128,8 @@ class ParsedDocument(BaseModel):
                 )
             elif b.kind == BlockKind.EQUATION:
                 out.append({"type": "equation", "latex": b.text, "text": b.text, "text_format": "latex", "page_idx": page})
+            elif b.kind == BlockKind.TRANSCRIPT:
+                out.append({"type": "text", "text": f"[{b.t_start:.1f}-{b.t_end:.1f} s] {b.text}", "page_idx": page})
             elif b.kind == BlockKind.TITLE:
                 out.append({"type": "text", "text": b.text, "text_level": b.level or 1, "page_idx": page})
             else:

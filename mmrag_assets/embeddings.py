@@ -20,7 +20,8 @@ def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_fil
     image = image_embedder.embedder()
     out, rows = {}, []
     for key in context.partition_keys:
-        out[key] = emb = embed_stage(modal_descriptions[key], raw_files[key], text, image, s.chunk_size, s.chunk_overlap)
+        out[key] = emb = embed_stage(modal_descriptions[key], raw_files[key], text, image, s.chunk_size,
+                                     s.chunk_overlap, s.transcript_window_s)
         if (row := outcome_row(key, emb)) is None:
             n_img = 0 if emb.image_vectors is None else len(emb.image_vectors)
             row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images" + "".join(f"; {n}" for n in emb.notes))

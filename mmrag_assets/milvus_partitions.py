@@ -19,6 +19,7 @@ from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResourc
 from mmrag_resources.llm import LLMResource
 from mmrag_resources.milvus import MilvusResource
 from mmrag_resources.parsers import ParserResource
+from mmrag_resources.whisper import WhisperResource
 
 
 @asset(partitions_def=source_files, io_manager_key="stage_store", group_name="index", kinds={"milvus"},
@@ -26,8 +27,9 @@ from mmrag_resources.parsers import ParserResource
        description="The file's rows in the Milvus text and image collections (partition key: source).")
 def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: MilvusResource,
                       data_dir: DataDirResource, parsers: ParserResource, llm: LLMResource,
-                      text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource) -> dict:
-    fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder).fingerprint()
+                      text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource,
+                      whisper: WhisperResource) -> dict:
+    fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper).fingerprint()
     manifest = data_dir.manifest()
     roots = manifest.sources()
     image = image_embedder.embedder()

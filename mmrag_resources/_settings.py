@@ -11,9 +11,10 @@ def resolved(**overrides) -> Settings:
     return s.with_(**{k: v for k, v in overrides.items() if v not in (None, "")})
 
 
-def pipeline_settings(parsers, llm, text_embedder, image_embedder) -> Settings:
+def pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper=None) -> Settings:
     """The settings a run indexes with, from all the resources that shape the index."""
     return resolved(
+        whisper_backend=getattr(whisper, "backend", None), whisper_model=getattr(whisper, "model", None),
         pdf_parser=parsers.pdf_parser,
         llm_url=llm.base_url, llm_model=llm.model, vlm_model=llm.vlm_model,
         text_embed_model=text_embedder.model, text_embed_backend=text_embedder.backend,

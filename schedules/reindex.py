@@ -17,6 +17,7 @@ from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResourc
 from mmrag_resources.llm import LLMResource
 from mmrag_resources.milvus import MilvusResource
 from mmrag_resources.parsers import ParserResource
+from mmrag_resources.whisper import WhisperResource
 from schedules.watch import watched_roots
 
 
@@ -34,9 +35,9 @@ def stale_partitions(instance, manifest, roots: dict, fingerprint: str) -> list[
           description="Re-index files whose content or pipeline config changed since they were indexed.")
 def reindex_schedule(context: ScheduleEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource,
                      parsers: ParserResource, llm: LLMResource, text_embedder: TextEmbedderResource,
-                     image_embedder: ImageEmbedderResource):
+                     image_embedder: ImageEmbedderResource, whisper: WhisperResource):
     manifest = data_dir.manifest()
-    fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder).fingerprint()
+    fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper).fingerprint()
     stale = stale_partitions(context.instance, manifest, watched_roots(manifest), fingerprint)
     if not stale:
         return SkipReason("nothing stale")

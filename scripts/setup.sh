@@ -10,10 +10,12 @@ PY=${PYTHON:-python3.11}
 demo=1
 [ "${1:-}" = "--no-demo" ] && demo=0
 
-# 1. System packages: Tesseract (OCR of images and scanned pages), ffmpeg (audio/video decoding).
+# 1. System packages: Tesseract (OCR of images and scanned pages), ffmpeg (audio/video decoding),
+#    espeak-ng (the tests speak known sentences to check transcript timing).
 need=()
 command -v tesseract >/dev/null || need+=(tesseract-ocr tesseract-ocr-eng)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "==> apt-get install ${need[*]}"
@@ -33,7 +35,6 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "==> installing mmrag"
 .venv/bin/pip install -q -e ".[dev]"
-# openai-whisper (later, media extra) pulls triton, useless on CPU; nothing here needs it.
 
 if [ $demo -eq 1 ]; then
   # 3. The main job on embedded defaults: ingest a generated demo corpus, then query it.

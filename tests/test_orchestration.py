@@ -123,6 +123,7 @@ def test_schedule_reindexes_only_stale_partitions(mmrag_env, tmp_path, capsys, m
     from mmrag_resources.llm import LLMResource
     from mmrag_resources.milvus import MilvusResource
     from mmrag_resources.parsers import ParserResource
+    from mmrag_resources.whisper import WhisperResource
     from schedules.reindex import reindex_schedule
 
     root = tmp_path / "docs"
@@ -132,7 +133,8 @@ def test_schedule_reindexes_only_stale_partitions(mmrag_env, tmp_path, capsys, m
     assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
     instance = DagsterInstance.get()
     resources = {"data_dir": DataDirResource(), "milvus": MilvusResource(), "parsers": ParserResource(),
-                 "llm": LLMResource(), "text_embedder": TextEmbedderResource(), "image_embedder": ImageEmbedderResource()}
+                 "llm": LLMResource(), "text_embedder": TextEmbedderResource(), "image_embedder": ImageEmbedderResource(),
+                 "whisper": WhisperResource()}
 
     def tick():
         from datetime import datetime, timezone

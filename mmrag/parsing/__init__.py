@@ -8,7 +8,8 @@
 |                                        | MinerU when MMRAG_PDF_PARSER=mineru                  |
 | image                                  | Tesseract OCR + the image itself                     |
 | text                                   | paragraphs                                           |
-| audio, video, subtitles                | skipped for now (issue 3), with that reason          |
+| audio                                  | Whisper (faster-whisper tiny.en offline by default)  |
+| video, subtitles                       | skipped for now (issue 3), with that reason          |
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def parser_for(kind: str, pdf_parser: str = "auto") -> str:
         return "tesseract"
     if kind == "text":
         return "text"
+    if kind == "audio":
+        return "whisper"
     return "none"
 
 
@@ -103,18 +106,19 @@ def parse_file(
     rel_path: str,
     content_hash: str,
     pdf_parser: str = "auto",
+    transcriber=None,
 ) -> ParsedDocument:
     """Parse a snapshotted file. Raises SkipFile or ParseError with a reason a person can act on."""
     kind = detected.kind
     warnings: list[str] = [detected.note] if detected.note else []
     if detected.mime == "application/x-empty":
         raise SkipFile("empty file")
-    if kind in ("audio", "video", "subtitles"):
-        raise SkipFile(f"{kind} files are not indexed yet (audio/video support is issue 3)")
+    if kind in ("video", "subtitles"):
+        raise SkipFile(f"{kind} files are not indexed yet (video support is issue 3)")
     if kind == "unknown":
         raise SkipFile(f"unsupported or unrecognised file type ({detected.note or detected.mime})")
     parser = parser_for(kind, pdf_parser)
-    pages = None
+    pages, parser_version = None, ""
     if parser == "docling":
         from mmrag.parsing.docling_parser import parse_with_docling
 
@@ -144,6 +148,16 @@ def parse_file(
 
         blocks, w, pages = parse_image(path, blobs)
         warnings += w
+    elif parser == "whisper":
+        from mmrag.parsing.audio_parser import parse_audio
+
+        if transcriber is None:
+            from mmrag.media import Transcriber
+
+            transcriber = Transcriber()
+        blocks, w, pages = parse_audio(path, transcriber)
+        warnings += w
+        parser_version = transcriber.model
     elif parser == "text":
         blocks = _text_blocks(_decode_text(path, warnings))
     else:
@@ -153,9 +167,10 @@ def parse_file(
         if "ocr_text" in b.meta:
             b.meta["ocr_text"] = clean_text(b.meta["ocr_text"])
     blocks = [b for b in blocks if b.text.strip() or b.kind.is_modal]
-    if not blocks:
+    if not blocks and parser != "whisper":  # silence is a valid recording: indexed empty, with a note
         raise SkipFile("no content: the parser found no text, tables or images")
     return ParsedDocument(
         file_key=file_key, source=source, rel_path=rel_path, content_hash=content_hash, mime=detected.mime,
-        parser=parser, parser_version=_parser_version(parser), blocks=blocks, warnings=warnings, pages=pages,
+        parser=parser, parser_version=parser_version or _parser_version(parser), blocks=blocks,
+        warnings=warnings, pages=pages,
     )

@@ -1,0 +1,102 @@
+"""Audio through the pipeline: timed transcripts with the offline default model, and their lineage."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import wave
+
+import pytest
+
+from conftest import BAD, SAMPLE, copy_corpus, need_shared
+from helpers import TEXT, cli_json, rows_by_file
+from mmrag.media import Transcriber
+
+PHRASE = "ask not what your country can do for you"
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def _in_order_share(needle: list[str], hay: list[str]) -> float:
+    """Share of `needle` words found in `hay` in order (a subsequence match)."""
+    i = 0
+    for w in hay:
+        if i < len(needle) and w == needle[i]:
+            i += 1
+    return i / len(needle)
+
+
+def test_jfk_transcribed_offline_and_found_with_its_time_range(mmrag_env, tmp_path, capsys):
+    need_shared()
+    tr = Transcriber().transcribe(SAMPLE / "jfk.flac")
+    text = " ".join(s.text for s in tr.segments)
+    assert _in_order_share(_words(PHRASE), _words(text)) >= 0.8, text
+    assert tr.language == "en" and 10 < tr.duration < 12.5
+    assert all(0 <= s.start < s.end <= tr.duration + 0.5 for s in tr.segments)
+
+    root = copy_corpus(SAMPLE, tmp_path / "media", ["jfk.flac", "sample_10s.mp3", "duck.md"])
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "media")
+    assert code == 0 and out["indexed"] == 3
+    code, res = cli_json(capsys, "query", "what your country can do for you")
+    top = res["hits"][0]
+    assert top["file"] == "jfk.flac" and top["modality"] == "transcript"
+    assert 0 <= top["t_start"] < top["t_end"] <= 12
+
+
+def test_silence_is_indexed_empty_with_a_note(mmrag_env, tmp_path, capsys):
+    need_shared()
+    root = copy_corpus(BAD, tmp_path / "quiet", ["silent_1s.wav"])
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "quiet")
+    assert code == 0 and out["indexed"] == 1 and out["failed"] == [] and out["skipped"] == []
+    _, st = cli_json(capsys, "status")
+    f = st["sources"]["quiet"]["files"][0]
+    assert f["status"] == "indexed" and f["text_rows"] == 0 and "no speech detected" in f["reason"]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (Debian) makes the test speech")
+def test_speech_at_a_known_offset_is_found_there(mmrag_env, tmp_path, capsys):
+    speech = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(speech), "-s", "150",
+                    "The quarterly report shows that the northern lakes froze early this year."], check=True)
+    with wave.open(str(speech)) as w:
+        rate, width, channels, frames = w.getframerate(), w.getsampwidth(), w.getnchannels(), w.readframes(w.getnframes())
+    offset_s, total_s = 70.0, 100.0
+    silence = b"\x00" * width * channels
+    before, after = int(offset_s * rate), int(total_s * rate) - int(offset_s * rate) - len(frames) // (width * channels)
+    root = tmp_path / "calls"
+    root.mkdir()
+    with wave.open(str(root / "long_call.wav"), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(silence * before + frames + silence * max(0, after))
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "calls")
+    assert code == 0 and out["indexed"] == 1
+    _, res = cli_json(capsys, "query", "northern lakes froze early")
+    top = res["hits"][0]
+    assert top["file"] == "long_call.wav"
+    assert top["t_start"] - 1.0 <= offset_s <= top["t_end"] + 1.0, top
+    assert rows_by_file(TEXT)
+
+
+def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
+    """The openai-whisper code path, offline: a random tiny model built from ModelDimensions."""
+    need_shared()
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg (Debian) is needed by openai-whisper")
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=1, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=1, n_text_layer=1)
+    model = Whisper(dims).eval()
+    with torch.no_grad():  # some parameters start uninitialised (torch.empty): give them small values
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    tr = Transcriber("openai-whisper", "random-tiny", model_obj=model).transcribe(SAMPLE / "jfk.flac")
+    assert tr.model == "openai-whisper random-tiny"
+    assert all(s.start <= s.end for s in tr.segments)  # quality is not asserted: the weights are random
