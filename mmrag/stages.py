@@ -108,7 +108,8 @@ def embed_stage(doc: ParsedDocument | FileOutcome, raw: RawFile | FileOutcome, t
         if image_embedder is not None and image_embedder.enabled:
             image_chunks = [
                 Chunk(id=f"i{b.id}", text=b.searchable_text() or b.caption or doc.rel_path, block_ids=[b.id],
-                      modality="image", page=b.page, bbox=b.bbox, section=b.section, image_path=b.image_path)
+                      modality="image", page=b.page, bbox=b.bbox, section=b.section, image_path=b.image_path,
+                      t_start=b.t_start, t_end=b.t_end)
                 for b in images
             ]
             image_vectors = image_embedder.embed_images([c.image_path for c in image_chunks])

@@ -100,3 +100,45 @@ def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
     tr = Transcriber("openai-whisper", "random-tiny", model_obj=model).transcribe(SAMPLE / "jfk.flac")
     assert tr.model == "openai-whisper random-tiny"
     assert all(s.start <= s.end for s in tr.segments)  # quality is not asserted: the weights are random
+
+
+def test_video_frames_at_the_configured_rate_with_transcript_and_times(mmrag_env, tmp_path, capsys, monkeypatch):
+    need_shared()
+    from mmrag.config import Settings
+
+    monkeypatch.setenv("MMRAG_VIDEO_FPS", "0.5")  # one frame every 2 s
+    root = copy_corpus(SAMPLE, tmp_path / "video", ["sample_10s_video.mp4"])
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "video")
+    assert code == 0 and out["indexed"] == 1
+    from helpers import store
+
+    rows = store().client.query("mmrag_image", filter="", output_fields=["t_start", "t_end", "image_path"], limit=100)
+    times = sorted(r["t_start"] for r in rows)
+    assert len(times) == 5  # 10 s at 0.5 fps
+    for i, t in enumerate(times):
+        assert abs(t - i * 2.0) <= 0.5
+    text = store().client.query("mmrag_text", filter='modality == "transcript"', output_fields=["t_start", "t_end"],
+                                limit=100)
+    assert text and all(0 <= r["t_start"] <= r["t_end"] <= 10.5 for r in text)
+    assert Settings.from_env().video_fps == 0.5
+
+
+def test_bad_media_outcomes(mmrag_env, tmp_path, capsys):
+    need_shared()
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg (Debian) is needed")
+    root = copy_corpus(BAD, tmp_path / "bad", ["truncated_video.mp4"])
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(SAMPLE / "jfk.flac"), "-c:a", "aac", str(root / "audio_only.mp4")],
+                   check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(SAMPLE / "sample_10s_video.mp4"), "-an", "-c:v", "copy",
+                    str(root / "no_audio.mp4")], check=True)
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "bad")
+    assert code == 1  # the truncated video failed; the others were indexed
+    assert [f["path"] for f in out["failed"]] == ["truncated_video.mp4"]
+    assert "ffmpeg cannot read the file" in out["failed"][0]["error"]
+    _, st = cli_json(capsys, "status")
+    files = {f["path"]: f for f in st["sources"]["bad"]["files"]}
+    assert files["audio_only.mp4"]["status"] == "indexed" and "audio only" in files["audio_only.mp4"]["reason"]
+    assert files["audio_only.mp4"]["text_rows"] >= 1
+    assert files["no_audio.mp4"]["status"] == "indexed" and "no audio track" in files["no_audio.mp4"]["reason"]
+    assert files["no_audio.mp4"]["image_rows"] >= 2

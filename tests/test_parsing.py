@@ -82,7 +82,7 @@ EXPECTED_BAD = {
     "random_bytes.pdf": (SkipFile, "not a PDF"),
     "password_protected.pdf": (ParseError, "password"),
     "truncated.pdf": (ParseError, "not a readable PDF"),
-    "truncated_video.mp4": (SkipFile, "issue 3"),
+    "truncated_video.mp4": (ParseError, "ffmpeg cannot read the file"),
 }
 
 

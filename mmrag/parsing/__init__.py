@@ -9,7 +9,8 @@
 | image                                  | Tesseract OCR + the image itself                     |
 | text                                   | paragraphs                                           |
 | audio                                  | Whisper (faster-whisper tiny.en offline by default)  |
-| video, subtitles                       | skipped for now (issue 3), with that reason          |
+| video                                  | ffmpeg frames at MMRAG_VIDEO_FPS + Whisper transcript|
+| subtitles                              | skipped for now (issue 3), with that reason          |
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def parser_for(kind: str, pdf_parser: str = "auto") -> str:
         return "text"
     if kind == "audio":
         return "whisper"
+    if kind == "video":
+        return "ffmpeg+whisper"
     return "none"
 
 
@@ -107,14 +110,15 @@ def parse_file(
     content_hash: str,
     pdf_parser: str = "auto",
     transcriber=None,
+    video_fps: float = 0.2,
 ) -> ParsedDocument:
     """Parse a snapshotted file. Raises SkipFile or ParseError with a reason a person can act on."""
     kind = detected.kind
     warnings: list[str] = [detected.note] if detected.note else []
     if detected.mime == "application/x-empty":
         raise SkipFile("empty file")
-    if kind in ("video", "subtitles"):
-        raise SkipFile(f"{kind} files are not indexed yet (video support is issue 3)")
+    if kind == "subtitles":
+        raise SkipFile("subtitle files are not indexed on their own yet (issue 3)")
     if kind == "unknown":
         raise SkipFile(f"unsupported or unrecognised file type ({detected.note or detected.mime})")
     parser = parser_for(kind, pdf_parser)
@@ -158,6 +162,14 @@ def parse_file(
         blocks, w, pages = parse_audio(path, transcriber)
         warnings += w
         parser_version = transcriber.model
+    elif parser == "ffmpeg+whisper":
+        from mmrag.media import Transcriber
+        from mmrag.parsing.video_parser import parse_video
+
+        transcriber = transcriber or Transcriber()
+        blocks, w, pages = parse_video(path, blobs, transcriber, fps=video_fps)
+        warnings += w
+        parser_version = f"ffmpeg + {transcriber.model}"
     elif parser == "text":
         blocks = _text_blocks(_decode_text(path, warnings))
     else:
@@ -167,7 +179,7 @@ def parse_file(
         if "ocr_text" in b.meta:
             b.meta["ocr_text"] = clean_text(b.meta["ocr_text"])
     blocks = [b for b in blocks if b.text.strip() or b.kind.is_modal]
-    if not blocks and parser != "whisper":  # silence is a valid recording: indexed empty, with a note
+    if not blocks and parser not in ("whisper", "ffmpeg+whisper"):  # silence: indexed empty, with a note
         raise SkipFile("no content: the parser found no text, tables or images")
     return ParsedDocument(
         file_key=file_key, source=source, rel_path=rel_path, content_hash=content_hash, mime=detected.mime,
