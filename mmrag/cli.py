@@ -160,11 +160,6 @@ def _report(args, settings, source, scan, run_errors) -> int:
     return EXIT_FAILED_FILES if failed else 0
 
 
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def cmd_query(args) -> int:
     from mmrag.query import search
 
@@ -178,7 +173,9 @@ def cmd_query(args) -> int:
     for i, h in enumerate(hits, 1):
         where = f"p.{h['page'] + 1}" if h.get("page") is not None and h["page"] >= 0 else ""
         if "t_start" in h:
-            where = f"{_hms(h['t_start'])}–{_hms(h['t_end'])}"
+            from mmrag.media import hms
+
+            where = f"{hms(h['t_start'])}–{hms(h['t_end'])}"
         text = " ".join(h["text"].split())[:160]
         print(f"{i:2d}. [{h['score']:.3f}] {h['source']}:{h['file']} {where} ({h['modality']})\n    {text}")
     return 0

@@ -17,6 +17,12 @@ from pathlib import Path
 _lock = threading.Lock()
 
 
+def hms(seconds: float) -> str:
+    """Seconds as hh:mm:ss."""
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class MediaError(RuntimeError):
     """The media file cannot be decoded (or a required tool is missing)."""
 

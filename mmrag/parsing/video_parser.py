@@ -8,14 +8,9 @@ from pathlib import Path
 
 from mmrag.blobs import BlobStore
 from mmrag.blocks import Block, BlockKind
-from mmrag.media import MediaError, Transcriber, extract_frames, probe
+from mmrag.media import MediaError, Transcriber, extract_frames, hms, probe
 from mmrag.parsing.audio_parser import parse_audio
 from mmrag.parsing.errors import ParseError
-
-
-def _hms(t: float) -> str:
-    s = int(t)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def parse_video(path: Path, blobs: BlobStore, transcriber: Transcriber, fps: float = 0.2):
@@ -43,7 +38,7 @@ def parse_video(path: Path, blobs: BlobStore, transcriber: Transcriber, fps: flo
         for t, frame in frames:
             _, stored = blobs.put_bytes(frame.read_bytes(), ".png")
             blocks.append(Block(id=f"f{len(blocks):05d}", kind=BlockKind.IMAGE, order=len(blocks),
-                                caption=f"Frame at {_hms(t)}", image_path=str(stored), t_start=t, t_end=t,
+                                caption=f"Frame at {hms(t)}", image_path=str(stored), t_start=t, t_end=t,
                                 meta={"frame_fps": fps}))
     if not frames:
         warnings.append("no frames could be decoded")
