@@ -30,15 +30,19 @@ class BlobStore:
             os.replace(tmp, dest)
         return digest, dest
 
-    def put_file(self, src: Path) -> tuple[str, int, Path]:
-        """Copy `src` in while hashing it (one read); returns (sha256, size, stored path)."""
+    def put_file(self, src: Path, head_bytes: int = 8192) -> tuple[str, int, Path, bytes]:
+        """Copy `src` in while hashing it (one read); returns (sha256, size, stored path, first
+        `head_bytes` bytes for type detection)."""
         self.root.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
         size = 0
+        head = b""
         fd, tmp = tempfile.mkstemp(dir=self.root)
         try:
             with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
                 while chunk := fin.read(1 << 20):
+                    if len(head) < head_bytes:
+                        head += chunk[: head_bytes - len(head)]
                     h.update(chunk)
                     size += len(chunk)
                     fout.write(chunk)
@@ -49,7 +53,7 @@ class BlobStore:
                 os.unlink(tmp)
             else:
                 os.replace(tmp, dest)
-            return digest, size, dest
+            return digest, size, dest, head
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

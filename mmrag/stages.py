@@ -64,13 +64,11 @@ def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: B
     path = Path(root) / rel_path
     try:
         st = os.stat(path)
-        digest, size, stored = blobs.put_file(path)
+        digest, size, stored, head = blobs.put_file(path)
     except FileNotFoundError:
         return FileOutcome(file_key, "skipped", "the file no longer exists")
     except PermissionError as e:
         return FileOutcome(file_key, "failed", f"cannot read the file: {e}")
-    with open(stored, "rb") as f:
-        head = f.read(8192)
     # Detect from the snapshot with the source's name, so the extension still informs the type.
     detected = detect(Path(rel_path), head)
     return RawFile(file_key, source, root, rel_path, str(stored), digest, size, st.st_mtime, detected)

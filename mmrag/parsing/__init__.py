@@ -152,24 +152,19 @@ def parse_file(
 
         blocks, w, pages = parse_image(path, blobs)
         warnings += w
-    elif parser == "whisper":
-        from mmrag.parsing.audio_parser import parse_audio
-
-        if transcriber is None:
-            from mmrag.media import Transcriber
-
-            transcriber = Transcriber()
-        blocks, w, pages = parse_audio(path, transcriber)
-        warnings += w
-        parser_version = transcriber.model
-    elif parser == "ffmpeg+whisper":
+    elif parser in ("whisper", "ffmpeg+whisper"):
         from mmrag.media import Transcriber
+        from mmrag.parsing.audio_parser import parse_audio
         from mmrag.parsing.video_parser import parse_video
 
         transcriber = transcriber or Transcriber()
-        blocks, w, pages = parse_video(path, blobs, transcriber, fps=video_fps)
+        if parser == "whisper":
+            blocks, w, pages = parse_audio(path, transcriber)
+            parser_version = transcriber.model
+        else:
+            blocks, w, pages = parse_video(path, blobs, transcriber, fps=video_fps)
+            parser_version = f"ffmpeg + {transcriber.model}"
         warnings += w
-        parser_version = f"ffmpeg + {transcriber.model}"
     elif parser == "text":
         blocks = _text_blocks(_decode_text(path, warnings))
     else:
