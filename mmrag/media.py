@@ -7,6 +7,7 @@ openai-whisper model name (`base`, `large-v3`, ...; downloaded on first use) is 
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -40,6 +41,7 @@ class Transcript:
     language: str | None
     duration: float
     model: str
+    language_probability: float = 0.0  # 0 when the language was forced or the backend does not say
 
 
 def _faster_whisper_path(name: str) -> str:
@@ -68,8 +70,11 @@ def _load(backend: str, model: str):
 
 
 class Transcriber:
-    def __init__(self, backend: str = "faster-whisper", model: str = "tiny.en", model_obj=None):
-        self.backend, self.model = backend, model
+    """`language`: "" = detect it where the model can (multilingual models); a code such as "de"
+    forces it. English-only models (`*.en`) always report "en"."""
+
+    def __init__(self, backend: str = "faster-whisper", model: str = "tiny.en", model_obj=None, language: str = ""):
+        self.backend, self.model, self.language = backend, model, language or None
         self._model = model_obj  # an already built model (tests build a random-weight openai-whisper)
         self.seconds = 0.0
 
@@ -84,13 +89,15 @@ class Transcriber:
             if self.backend == "faster-whisper":
                 # Silero VAD (bundled with faster-whisper) skips silence, which keeps timestamps right
                 # when speech starts late in a long recording.
-                segs, info = self._get().transcribe(str(path), vad_filter=True, beam_size=1)
+                segs, info = self._get().transcribe(str(path), vad_filter=True, beam_size=1, language=self.language)
                 segments = [Segment(float(s.start), float(s.end), s.text.strip()) for s in segs]
-                out = Transcript(segments, info.language, float(info.duration), f"faster-whisper {self.model}")
+                out = Transcript(segments, info.language, float(info.duration), f"faster-whisper {self.model}",
+                                 float(info.language_probability or 0.0))
             else:
                 if shutil.which("ffmpeg") is None:
                     raise MediaError("ffmpeg is not installed (Debian package: ffmpeg); openai-whisper needs it")
-                res = self._get().transcribe(str(path), fp16=False, condition_on_previous_text=False)
+                res = self._get().transcribe(str(path), fp16=False, condition_on_previous_text=False,
+                                             language=self.language)
                 segments = [Segment(float(s["start"]), float(s["end"]), s["text"].strip()) for s in res["segments"]]
                 duration = segments[-1].end if segments else 0.0
                 out = Transcript(segments, res.get("language"), duration, f"openai-whisper {self.model}")
@@ -110,32 +117,79 @@ def _need_ffmpeg() -> None:
 
 
 def probe(path: Path) -> dict:
-    """Stream kinds and duration from ffprobe; MediaError for files ffmpeg cannot read."""
+    """Stream kinds, duration and subtitle streams from ffprobe; MediaError for files ffmpeg cannot read."""
     import json
     import subprocess
 
     _need_ffmpeg()
-    res = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type:format=duration",
+    res = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "stream=index,codec_type,codec_name:stream_tags=language:format=duration",
                           "-of", "json", str(path)], capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["unknown error"])[-1].replace(f"{path}: ", "")
         raise MediaError(f"ffmpeg cannot read the file: {last[:300]}")
     info = json.loads(res.stdout or "{}")
-    kinds = {s.get("codec_type") for s in info.get("streams", [])}
-    return {"video": "video" in kinds, "audio": "audio" in kinds,
+    streams = info.get("streams", [])
+    kinds = {s.get("codec_type") for s in streams}
+    subs = [{"index": int(s["index"]), "codec": s.get("codec_name", ""), "language": (s.get("tags") or {}).get("language", "")}
+            for s in streams if s.get("codec_type") == "subtitle"]
+    return {"video": "video" in kinds, "audio": "audio" in kinds, "subtitles": subs,
             "duration": float((info.get("format") or {}).get("duration") or 0.0)}
 
 
-def extract_frames(path: Path, fps: float, out_dir: Path) -> list[tuple[float, Path]]:
-    """Frames sampled at `fps` (0.2 = one every 5 s): [(timestamp in seconds, PNG path)]."""
+@dataclass
+class Frame:
+    t: float  # seconds from the start
+    path: Path
+    reason: str  # "sampled" (the fixed rate) | "scene" (a scene change between two samples)
+
+
+_PTS = re.compile(r"\bn:\s*\d+\b.*?\bpts_time:\s*([0-9.]+)")
+
+
+def extract_frames(path: Path, fps: float, out_dir: Path, scene_threshold: float = 0.3,
+                   min_scene_gap_s: float = 1.0) -> list[Frame]:
+    """One ffmpeg pass: the first frame of every 1/fps-second slot (0.2 fps = one every 5 s), plus a
+    keyframe wherever ffmpeg's scene score exceeds `scene_threshold` (0 = off), at most one per
+    `min_scene_gap_s`. Timestamps are the selected frames' own, read from the showinfo filter."""
     import subprocess
 
     _need_ffmpeg()
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"fps={fps}",
-                          str(out_dir / "f_%06d.png")], capture_output=True, text=True, timeout=3600)
-    frames = sorted(out_dir.glob("f_*.png"))
-    if res.returncode != 0 and not frames:
-        raise MediaError(f"frames could not be extracted: {res.stderr.strip()[-300:]}")
-    # The fps filter emits output frame n at n / fps seconds.
-    return [(round(i / fps, 3), f) for i, f in enumerate(frames)]
+    sampled = f"isnan(prev_selected_t)+gte(floor(t*{fps})\\,floor(prev_selected_t*{fps})+1)"
+    expr = sampled
+    if scene_threshold > 0:
+        expr += f"+gt(scene\\,{scene_threshold})*gte(t-prev_selected_t\\,{min_scene_gap_s})"
+    res = subprocess.run(["ffmpeg", "-v", "info", "-nostdin", "-i", str(path), "-an", "-sn",
+                          "-vf", f"select='{expr}',showinfo", "-fps_mode", "vfr", str(out_dir / "f_%06d.png")],
+                         capture_output=True, text=True, timeout=3600)
+    files = sorted(out_dir.glob("f_*.png"))
+    if res.returncode != 0 and not files:
+        err = [ln for ln in res.stderr.strip().splitlines() if "error" in ln.lower() or "invalid" in ln.lower()]
+        raise MediaError(f"frames could not be extracted: {(err or res.stderr.strip().splitlines() or [''])[-1][-300:]}")
+    times = [float(m.group(1)) for m in _PTS.finditer(res.stderr)]
+    frames, slot = [], -1
+    for f, t in zip(files, times):
+        s = int(t * fps + 1e-9)
+        frames.append(Frame(round(t, 3), f, "sampled" if s > slot else "scene"))
+        slot = max(slot, s)
+    return frames
+
+
+def drop_near_duplicates(frames: list[Frame], max_distance: int = 4) -> tuple[list[Frame], int]:
+    """Drop frames whose perceptual hash (pHash, 64 bits) is within `max_distance` bits of the last
+    kept frame's: a static shot sampled every 5 s indexes once. max_distance < 0 keeps all."""
+    if max_distance < 0 or len(frames) < 2:
+        return frames, 0
+    import imagehash
+    from PIL import Image
+
+    kept, last = [], None
+    for f in frames:
+        with Image.open(f.path) as img:
+            h = imagehash.phash(img)
+        if last is not None and h - last <= max_distance:
+            continue
+        kept.append(f)
+        last = h
+    return kept, len(frames) - len(kept)

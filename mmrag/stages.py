@@ -47,6 +47,7 @@ class RawFile:
     size: int
     mtime: float
     detected: Detected
+    sidecars: list[tuple[str, str, str]] = field(default_factory=list)  # subtitles: (rel, snapshot, tag)
 
 
 @dataclass
@@ -71,7 +72,21 @@ def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: B
         return FileOutcome(file_key, "failed", f"cannot read the file: {e}")
     # Detect from the snapshot with the source's name, so the extension still informs the type.
     detected = detect(Path(rel_path), head)
-    return RawFile(file_key, source, root, rel_path, str(stored), digest, size, st.st_mtime, detected)
+    sidecars: list[tuple[str, str, str]] = []
+    if detected.kind in ("audio", "video", "subtitles"):
+        from mmrag.subtitles import pair_sidecars, sidecar_tag
+
+        siblings = sorted(p.relative_to(root).as_posix() for p in path.parent.iterdir() if p.is_file())
+        paired = pair_sidecars(siblings).get(Path(rel_path).as_posix(), [])
+        if detected.kind == "subtitles" and paired:
+            return FileOutcome(file_key, "skipped", f"sidecar subtitles of {', '.join(paired)}: indexed as its transcript",
+                               digest, size, st.st_mtime)
+        for sub in paired if detected.kind != "subtitles" else []:
+            try:
+                sidecars.append((sub, str(blobs.put_file(Path(root) / sub)[2]), sidecar_tag(sub, rel_path)))
+            except OSError:
+                continue  # gone since the listing: the next sync re-plans this file
+    return RawFile(file_key, source, root, rel_path, str(stored), digest, size, st.st_mtime, detected, sidecars)
 
 
 def parse_stage(raw: RawFile | FileOutcome, parse) -> ParsedDocument | FileOutcome:
@@ -83,7 +98,7 @@ def parse_stage(raw: RawFile | FileOutcome, parse) -> ParsedDocument | FileOutco
     meta = dict(content_hash=raw.content_hash, size=raw.size, mtime=raw.mtime)
     try:
         return parse(Path(raw.snapshot), raw.detected, file_key=raw.file_key, source=raw.source,
-                     rel_path=raw.rel_path, content_hash=raw.content_hash)
+                     rel_path=raw.rel_path, content_hash=raw.content_hash, sidecars=raw.sidecars)
     except SkipFile as e:
         return FileOutcome(raw.file_key, "skipped", str(e), **meta)
     except ParseError as e:

@@ -1,8 +1,10 @@
 """The structural knowledge graph of one document, built without an LLM (pure; no LightRAG needed).
 
 Entities: the document (named by its file key), its sections, one passage per chunk that carries no
-modal item, and each figure/table/equation. Relations: "contains" down that tree, and "references"
-from text that says "Figure 3" / "Tab. 2" / "Eq. 1" to the item whose caption starts with that label.
+modal item (for audio and video: one per transcript window), and each figure/table/equation/video
+frame. Relations: "contains" down that tree, "references" from text that says "Figure 3" / "Tab. 2" /
+"Eq. 1" to the item whose caption starts with that label, and "shown during" from a video frame to
+the transcript window(s) whose time range holds the frame's timestamp.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def build_structural_kg(fk: str, doc: ParsedDocument, items: list[tuple[Chunk, s
             # so the entity's description (embedded once more by LightRAG) stays short.
             ent(owner[c.id], "passage", _lead(t), c)
             rel(parent.get(c.section, fk), owner[c.id], "contains", c)
+    windows = [(c, owner[c.id]) for c, _ in items if c.modality == "transcript" and c.t_start is not None]
+    for b in doc.modal_blocks():  # a video's frame → the transcript window(s) it falls in
+        if b.t_start is not None and modal[b.id][0] in ents:
+            for c, name in windows:
+                if c.t_start <= b.t_start <= c.t_end:
+                    rel(modal[b.id][0], name, "shown during", chunk_of[b.id])
     by_label = {label: name for name, label in modal.values() if label and name in ents}
     xrefs = 0
     for c, t in items:

@@ -106,7 +106,28 @@ def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
     if scan.error is None:
         known = {k for k in partitions if k.startswith(prefix)} | {k for k in records if k.startswith(prefix)}
         plan.deleted = sorted(known - set(scan.files))
+    _replan_companions(plan, scan, prefix)
     return plan
+
+
+def _replan_companions(plan: SyncPlan, scan: Scan, prefix: str) -> None:
+    """A media file and its sidecar subtitles are indexed together (the subtitles become the media's
+    transcript): when one side is new, changed or deleted, the other is redone too."""
+    from mmrag.subtitles import pair_sidecars
+
+    moved = plan.new + plan.changed + plan.deleted
+    if not moved:
+        return
+    rels = [rel for rel, _, _ in scan.files.values()]
+    present = {rel: key for key, (rel, _, _) in scan.files.items()}
+    deleted_rels = [k[len(prefix):] for k in plan.deleted]
+    pairs = pair_sidecars(rels + deleted_rels)
+    again = {present[c] for k in moved for c in pairs.get(k[len(prefix):], []) if c in present}
+    for key in again:
+        for group in (plan.unchanged, plan.stale):
+            if key in group:
+                group.remove(key)
+                plan.changed.append(key)
 
 
 def contiguous_ranges(keys: list[str], ordered: list[str], max_len: int = 200) -> list[tuple[str, str]]:

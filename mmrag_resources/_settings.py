@@ -15,7 +15,9 @@ def pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper=None)
     """The settings a run indexes with, from all the resources that shape the index."""
     return resolved(
         whisper_backend=getattr(whisper, "backend", None), whisper_model=getattr(whisper, "model", None),
-        pdf_parser=parsers.pdf_parser, video_fps=parsers.video_fps,
+        whisper_language=getattr(whisper, "language", None),
+        pdf_parser=parsers.pdf_parser, video_fps=parsers.video_fps, video_scene_threshold=parsers.video_scene_threshold,
+        frame_dedupe_distance=parsers.frame_dedupe_distance, frame_ocr=parsers.frame_ocr,
         llm_url=llm.base_url, llm_model=llm.model, vlm_model=llm.vlm_model,
         text_embed_model=text_embedder.model, text_embed_backend=text_embedder.backend,
         chunk_size=text_embedder.chunk_size, chunk_overlap=text_embedder.chunk_overlap,

@@ -16,17 +16,27 @@ from mmrag_resources._settings import resolved
 
 class ParserResource(ConfigurableResource):
     """`pdf_parser`: auto (Docling's models if on disk, else pypdfium2), docling, pypdfium2, mineru.
-    `video_fps`: frames sampled per second of video (MMRAG_VIDEO_FPS, default 0.2)."""
+    Video frames: `video_fps` (MMRAG_VIDEO_FPS, default 0.2), `video_scene_threshold` (ffmpeg scene
+    score for extra keyframes, 0 = off), `frame_dedupe_distance` (pHash bits, -1 = keep all),
+    `frame_ocr`. Unset fields come from the environment (README, Configuration)."""
 
     pdf_parser: Optional[str] = None
     video_fps: Optional[float] = None
+    video_scene_threshold: Optional[float] = None
+    frame_dedupe_distance: Optional[int] = None
+    frame_ocr: Optional[bool] = None
 
     def settings(self):
-        return resolved(pdf_parser=self.pdf_parser, video_fps=self.video_fps)
+        return resolved(pdf_parser=self.pdf_parser, video_fps=self.video_fps,
+                        video_scene_threshold=self.video_scene_threshold,
+                        frame_dedupe_distance=self.frame_dedupe_distance, frame_ocr=self.frame_ocr)
 
     def parser_name(self, kind: str) -> str:
         return parser_for(kind, self.settings().pdf_parser)
 
     def parse(self, path: Path, detected: Detected, blobs: BlobStore, **ident) -> ParsedDocument:
+        from mmrag.parsing.video_parser import FrameOptions
+
         s = self.settings()
-        return parse_file(path, detected, blobs, pdf_parser=s.pdf_parser, video_fps=s.video_fps, **ident)
+        frames = FrameOptions(s.video_fps, s.video_scene_threshold, s.frame_dedupe_distance, s.frame_ocr)
+        return parse_file(path, detected, blobs, pdf_parser=s.pdf_parser, frames=frames, **ident)

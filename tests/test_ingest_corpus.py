@@ -7,8 +7,6 @@ import pytest
 from conftest import BAD, SAMPLE, copy_corpus, need_shared
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 
-MEDIA = {"webvtt_example_01.vtt"}  # standalone subtitles wait for issue 3
-
 
 @pytest.fixture(scope="module")
 def indexed_sample(tmp_path_factory):
@@ -44,11 +42,9 @@ def indexed_sample(tmp_path_factory):
 def test_every_document_and_image_is_indexed(indexed_sample):
     code, out, root = indexed_sample
     assert code == 0, out["failed"]
-    skipped = {s["path"]: s["reason"] for s in out["skipped"]}
-    assert set(skipped) == MEDIA, skipped  # audio/video wait for issue 3, and say so
-    assert all("issue 3" in r for r in skipped.values())
-    docs = {p.name for p in root.iterdir()} - MEDIA
-    assert out["indexed"] == len(docs) == out["files"] - len(MEDIA)
+    assert out["skipped"] == []  # audio, video and the standalone .vtt (no media beside it) included
+    docs = {p.name for p in root.iterdir()}
+    assert out["indexed"] == len(docs) == out["files"]
     text_files = {k.split(":", 1)[1] for k in rows_by_file(TEXT)}
     assert text_files == docs
     # Image rows: standalone images and pictures inside DOCX/PPTX/XLSX/PDF (random CLIP weights here).
@@ -102,3 +98,9 @@ def test_bad_files_next_to_good_ones(mmrag_env, tmp_path, capsys):
         assert after[key] == ids  # rows that existed before are untouched
     # Every readable bad file is indexed with what could be read.
     assert {"mixed:invalid_utf8.md", "mixed:looks_like_text.txt", "mixed:malformed_pictures.pptx"} <= set(after)
+
+
+def test_standalone_subtitles_are_a_timed_transcript(indexed_sample, capsys):
+    hits = _query(capsys, "Neil deGrasse Tyson, director of the Hayden Planetarium")
+    assert hits[0]["file"] == "webvtt_example_01.vtt"
+    assert hits[0]["t_start"] <= 20 <= hits[0]["t_end"]  # the cue at 00:20 names him

@@ -107,6 +107,7 @@ def test_video_frames_at_the_configured_rate_with_transcript_and_times(mmrag_env
     from mmrag.config import Settings
 
     monkeypatch.setenv("MMRAG_VIDEO_FPS", "0.5")  # one frame every 2 s
+    monkeypatch.setenv("MMRAG_FRAME_DEDUPE_DISTANCE", "-1")  # keep near-duplicates: count every sample
     root = copy_corpus(SAMPLE, tmp_path / "video", ["sample_10s_video.mp4"])
     code, out = cli_json(capsys, "ingest", str(root), "--source", "video")
     assert code == 0 and out["indexed"] == 1
@@ -141,4 +142,125 @@ def test_bad_media_outcomes(mmrag_env, tmp_path, capsys):
     assert files["audio_only.mp4"]["status"] == "indexed" and "audio only" in files["audio_only.mp4"]["reason"]
     assert files["audio_only.mp4"]["text_rows"] >= 1
     assert files["no_audio.mp4"]["status"] == "indexed" and "no audio track" in files["no_audio.mp4"]["reason"]
-    assert files["no_audio.mp4"]["image_rows"] >= 2
+    assert files["no_audio.mp4"]["image_rows"] >= 1
+
+
+def _slideshow(tmp_path, seconds: int = 3):
+    """A video of two different pictures, `seconds` each: one scene cut at `seconds`."""
+    out = tmp_path / "slides.mp4"
+    args = ["ffmpeg", "-v", "error", "-y"]
+    for img in ("example_image_01.png", "qr_bill_example.jpg"):
+        args += ["-loop", "1", "-t", str(seconds), "-framerate", "10", "-i", str(SAMPLE / img)]
+    args += ["-filter_complex", "[0]scale=320:240,setsar=1[a];[1]scale=320:240,setsar=1[b];[a][b]concat=n=2:v=1[v]",
+             "-map", "[v]", "-pix_fmt", "yuv420p", str(out)]
+    subprocess.run(args, check=True)
+    return out
+
+
+def test_scene_change_keyframes_and_near_duplicate_frames_dropped(tmp_path):
+    need_shared()
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg (Debian) is needed")
+    from mmrag.media import drop_near_duplicates, extract_frames
+
+    video = _slideshow(tmp_path)
+    frames = extract_frames(video, 0.2, tmp_path / "frames", scene_threshold=0.3)
+    got = [(round(f.t), f.reason) for f in frames]
+    assert got == [(0, "sampled"), (3, "scene"), (5, "sampled")]  # the cut between two 5 s samples
+    kept, dropped = drop_near_duplicates(frames, 4)
+    assert [round(f.t) for f in kept] == [0, 3] and dropped == 1  # 5 s shows the same picture as 3 s
+    assert [round(f.t) for f in extract_frames(video, 0.2, tmp_path / "f2", scene_threshold=0)] == [0, 5]
+    assert drop_near_duplicates(frames, -1) == (frames, 0)
+
+
+def _texts(file_key: str) -> list[str]:
+    from helpers import store
+
+    return [r["text"] for r in store().client.query("mmrag_text", filter=f'file_key == "{file_key}"',
+                                                    output_fields=["text"], limit=100)]
+
+
+def _srt(path, cues):
+    path.write_text("\n".join(f"{i + 1}\n00:00:{a:02d},000 --> 00:00:{b:02d},000\n{text}\n"
+                              for i, (a, b, text) in enumerate(cues)), encoding="utf-8")
+
+
+def test_sidecar_subtitles_are_the_transcript_and_follow_their_video(mmrag_env, tmp_path, capsys):
+    """A sidecar .srt stands in for Whisper; editing it re-indexes the video; without the video it is
+    indexed on its own."""
+    need_shared()
+    root = copy_corpus(SAMPLE, tmp_path / "sub", ["sample_10s_video.mp4"])
+    _srt(root / "sample_10s_video.en.srt", [(1, 3, "A heron wades through the reeds"), (4, 7, "Kingfishers dive for minnows")])
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "sub")
+    assert code == 0 and out["indexed"] == 1
+    assert [s["path"] for s in out["skipped"]] == ["sample_10s_video.en.srt"]
+    assert "sidecar subtitles of sample_10s_video.mp4" in out["skipped"][0]["reason"]
+    code, q = cli_json(capsys, "query", "kingfishers diving for minnows")
+    top = [h for h in q["hits"] if h["modality"] == "transcript"][0]
+    assert top["file"] == "sample_10s_video.mp4" and top["t_start"] <= 4 <= top["t_end"]
+    assert top["parser"] == "ffmpeg+whisper ffmpeg + subtitles"  # parser, then its version: no Whisper ran
+    _, st = cli_json(capsys, "status")
+    video = {f["path"]: f for f in st["sources"]["sub"]["files"]}["sample_10s_video.mp4"]
+    assert "sidecar subtitles" in video["reason"]
+
+    _srt(root / "sample_10s_video.en.srt", [(2, 5, "Otters slide down the muddy bank")])  # edit the sidecar only
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "sub")
+    assert code == 0 and out["indexed"] == 1  # the video was redone
+    texts = " ".join(_texts("sub:sample_10s_video.mp4"))
+    assert "Otters" in texts and "Kingfishers" not in texts
+
+    (root / "sample_10s_video.mp4").unlink()  # the subtitles are on their own now
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "sub")
+    assert code == 0 and out["deleted"] == 1
+    assert "sub:sample_10s_video.mp4" not in rows_by_file(TEXT)
+    assert "Otters" in " ".join(_texts("sub:sample_10s_video.en.srt"))
+
+
+def test_embedded_subtitle_track_is_the_transcript(tmp_path):
+    need_shared()
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg (Debian) is needed")
+    from mmrag.blobs import BlobStore
+    from mmrag.filetypes import detect
+    from mmrag.parsing import parse_file
+    from mmrag.parsing.video_parser import FrameOptions
+
+    _srt(tmp_path / "t.srt", [(1, 4, "Embedded words about grebes")])
+    video = tmp_path / "with_subs.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(SAMPLE / "sample_10s_video.mp4"), "-i", str(tmp_path / "t.srt"),
+                    "-map", "0", "-map", "1", "-c:v", "copy", "-c:a", "copy", "-c:s", "mov_text",
+                    "-metadata:s:s:0", "language=eng", str(video)], check=True)
+
+    class NoWhisper(Transcriber):
+        def transcribe(self, path):
+            raise AssertionError("Whisper must not run when the file has subtitles")
+
+    doc = parse_file(video, detect(video), BlobStore(tmp_path / "blobs"), file_key="t:with_subs.mp4", source="t",
+                     rel_path="with_subs.mp4", content_hash="h", transcriber=NoWhisper(), frames=FrameOptions(ocr=False))
+    speech = [b for b in doc.blocks if b.kind.value == "transcript"]
+    assert [(b.text, b.t_start, b.t_end, b.meta["language"]) for b in speech] == [("Embedded words about grebes", 1.0, 4.0, "eng")]
+    assert doc.parser_version == "ffmpeg + subtitles" and any("embedded subtitle track" in w for w in doc.warnings)
+    assert [b for b in doc.blocks if b.kind.value == "image"]
+
+
+def test_language_detection_with_a_multilingual_model(tmp_path):
+    """openai-whisper's multilingual tiny architecture (random weights) detects a language when none
+    is set, and keeps a forced one."""
+    need_shared()
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg (Debian) is needed by openai-whisper")
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+    from whisper.tokenizer import LANGUAGES
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=1, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=1, n_text_layer=1)
+    model = Whisper(dims).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    detected = Transcriber("openai-whisper", "random-tiny", model_obj=model).transcribe(SAMPLE / "jfk.flac")
+    assert detected.language in LANGUAGES
+    forced = Transcriber("openai-whisper", "random-tiny", model_obj=model, language="de").transcribe(SAMPLE / "jfk.flac")
+    assert forced.language == "de"

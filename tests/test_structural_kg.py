@@ -27,3 +27,31 @@ def test_tree_passages_and_cross_references():
     refs = [k for k, r in rels.items() if r["keywords"] == "references"]
     assert xrefs == 1 and len(refs) == 1 and figure in refs[0]  # "Table 9" points at nothing
     assert set(src) == {c.id for c, _ in items}
+
+
+def test_video_frames_link_to_the_video_and_the_transcript_window_they_fall_in():
+    speech = [Block(id=f"b{i}", kind=BlockKind.TRANSCRIPT, order=i, text=f"segment {i} about ducks and geese",
+                    t_start=10.0 * i, t_end=10.0 * i + 9) for i in range(10)]  # 0–99 s
+    frames = [Block(id=f"f{t}", kind=BlockKind.IMAGE, order=100 + t, caption=f"Frame at {t}", image_path=f"/x/{t}.png",
+                    t_start=float(t), t_end=float(t)) for t in (5, 60, 150)]
+    doc = ParsedDocument(file_key="v:talk.mp4", source="v", rel_path="talk.mp4", content_hash="h", mime="video/mp4",
+                         parser="ffmpeg+whisper", parser_version="0", blocks=speech + frames)
+    chunks = chunk_document(doc, window_s=45.0)
+    windows = [c for c in chunks if c.modality == "transcript"]
+    assert len(windows) >= 2
+    ents, rels, _, _ = build_structural_kg("v:talk.mp4", doc, [(c, c.text) for c in chunks])
+    frame_names = {n: e for n, e in ents.items() if e["entity_type"] == "image"}
+    assert len(frame_names) == 3
+    during = [r for r in rels.values() if r["keywords"] == "shown during"]
+    by_frame: dict[str, list[str]] = {}
+    for r in during:
+        by_frame.setdefault(r["src_id"], []).append(r["tgt_id"])
+    owner = {c.id: n for n, e in ents.items() if e["entity_type"] == "passage" for c in windows
+             if e["source_id"] == f"v:talk.mp4#{c.id}"}
+    for name in frame_names:
+        assert ("v:talk.mp4", name) in rels or (name, "v:talk.mp4") in rels  # contained by the video
+    t_of = {n: float(n.rsplit("f", 1)[-1]) for n in frame_names}
+    for name, t in t_of.items():
+        expected = {owner[c.id] for c in windows if c.t_start <= t <= c.t_end}
+        assert set(by_frame.get(name, [])) == expected
+    assert any(by_frame.values()) and not by_frame.get(next(n for n, t in t_of.items() if t == 150))  # after the talk

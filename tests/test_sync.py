@@ -88,3 +88,36 @@ def test_contiguous_ranges_batch_files_into_few_runs():
     assert contiguous_ranges(ordered[2:8], ordered) == [("s:002", "s:007")]
     assert contiguous_ranges(["s:001", "s:002", "s:005"], ordered) == [("s:001", "s:002"), ("s:005", "s:005")]
     assert contiguous_ranges(ordered, ordered, max_len=4) == [("s:000", "s:003"), ("s:004", "s:007"), ("s:008", "s:009")]
+
+
+def test_media_and_sidecar_subtitles_are_replanned_together(tmp_path):
+    """Editing, adding or removing `talk.en.vtt` redoes `talk.mp4` (its transcript comes from the
+    subtitles); removing the video redoes the subtitles (now indexed on their own)."""
+    from mmrag.subtitles import pair_sidecars
+
+    assert pair_sidecars(["t/talk.mp4", "t/talk.vtt", "t/talk.en.srt", "t/talk.en-US.forced.vtt", "t/other.vtt",
+                          "u/talk.vtt", "x.y.mp3", "x.y.vtt", "talk.final.vtt"]) == {
+        "t/talk.mp4": ["t/talk.vtt", "t/talk.en-US.forced.vtt", "t/talk.en.srt"],  # untagged first
+        "t/talk.vtt": ["t/talk.mp4"], "t/talk.en.srt": ["t/talk.mp4"], "t/talk.en-US.forced.vtt": ["t/talk.mp4"],
+        "x.y.mp3": ["x.y.vtt"], "x.y.vtt": ["x.y.mp3"]}
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "talk.mp4").write_bytes(b"not really a video")
+    (root / "notes.md").write_text("notes")
+    (root / "talk.en.vtt").write_text("WEBVTT\n\n00:01.000 --> 00:02.000\nhello\n")
+    scan = scan_root(root, "m")
+    recs = _indexed(scan)
+    assert plan_sync(scan_root(root, "m"), recs, set(recs)).to_run == []
+
+    (root / "talk.en.vtt").write_text("WEBVTT\n\n00:01.000 --> 00:02.000\nhello again\n")
+    plan = plan_sync(scan_root(root, "m"), recs, set(recs))  # the sensor's view: content only
+    assert sorted(plan.changed) == ["m:talk.en.vtt", "m:talk.mp4"] and plan.unchanged == ["m:notes.md"]
+
+    os.remove(root / "talk.en.vtt")
+    plan = plan_sync(scan_root(root, "m"), recs, set(recs))
+    assert plan.deleted == ["m:talk.en.vtt"] and plan.changed == ["m:talk.mp4"]
+
+    (root / "talk.en.vtt").write_text("WEBVTT\n\n00:01.000 --> 00:02.000\nhello\n")
+    os.remove(root / "talk.mp4")
+    plan = plan_sync(scan_root(root, "m"), recs, set(recs), fingerprint="fp")
+    assert plan.deleted == ["m:talk.mp4"] and plan.changed == ["m:talk.en.vtt"]

@@ -9,8 +9,10 @@
 | image                                  | Tesseract OCR + the image itself                     |
 | text                                   | paragraphs                                           |
 | audio                                  | Whisper (faster-whisper tiny.en offline by default)  |
-| video                                  | ffmpeg frames at MMRAG_VIDEO_FPS + Whisper transcript|
-| subtitles                              | skipped for now (issue 3), with that reason          |
+| video                                  | ffmpeg frames (rate + scene changes, deduplicated,   |
+|                                        | OCR) + transcript                                    |
+| audio/video transcript                 | sidecar or embedded subtitles, else Whisper          |
+| subtitles (.vtt, .srt) without media   | webvtt-py: a timed transcript                        |
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def parser_for(kind: str, pdf_parser: str = "auto") -> str:
         return "whisper"
     if kind == "video":
         return "ffmpeg+whisper"
+    if kind == "subtitles":
+        return "subtitles"
     return "none"
 
 
@@ -60,6 +64,8 @@ def _parser_version(name: str) -> str:
         return version("docling")
     if name == "pypdfium2":
         return version("pypdfium2")
+    if name == "subtitles":
+        return "webvtt-py " + version("webvtt-py")
     if name == "mineru":
         from mmrag.parsing.mineru_parser import mineru_version
 
@@ -110,15 +116,16 @@ def parse_file(
     content_hash: str,
     pdf_parser: str = "auto",
     transcriber=None,
-    video_fps: float = 0.2,
+    frames=None,
+    sidecars=(),
 ) -> ParsedDocument:
-    """Parse a snapshotted file. Raises SkipFile or ParseError with a reason a person can act on."""
+    """Parse a snapshotted file. Raises SkipFile or ParseError with a reason a person can act on.
+    Media only: `frames` (video_parser.FrameOptions), `sidecars` [(rel path, snapshot, tag)] of
+    subtitle files that stand in for Whisper."""
     kind = detected.kind
     warnings: list[str] = [detected.note] if detected.note else []
     if detected.mime == "application/x-empty":
         raise SkipFile("empty file")
-    if kind == "subtitles":
-        raise SkipFile("subtitle files are not indexed on their own yet (issue 3)")
     if kind == "unknown":
         raise SkipFile(f"unsupported or unrecognised file type ({detected.note or detected.mime})")
     parser = parser_for(kind, pdf_parser)
@@ -155,16 +162,26 @@ def parse_file(
     elif parser in ("whisper", "ffmpeg+whisper"):
         from mmrag.media import Transcriber
         from mmrag.parsing.audio_parser import parse_audio
-        from mmrag.parsing.video_parser import parse_video
+        from mmrag.parsing.video_parser import FrameOptions, parse_video
 
         transcriber = transcriber or Transcriber()
         if parser == "whisper":
-            blocks, w, pages = parse_audio(path, transcriber)
-            parser_version = transcriber.model
+            blocks, w, pages = parse_audio(path, transcriber, sidecars)
         else:
-            blocks, w, pages = parse_video(path, blobs, transcriber, fps=video_fps)
-            parser_version = f"ffmpeg + {transcriber.model}"
+            blocks, w, pages = parse_video(path, blobs, transcriber, frames or FrameOptions(), sidecars)
+        by = {b.meta.get("transcript") for b in blocks} - {None}
+        asr = transcriber.model if "whisper" in by or not by else "subtitles"
+        parser_version = asr if parser == "whisper" else f"ffmpeg + {asr}"
         warnings += w
+    elif parser == "subtitles":
+        from mmrag.media import MediaError
+        from mmrag.parsing.audio_parser import transcript_blocks
+        from mmrag.subtitles import read_subtitles
+
+        try:
+            blocks = transcript_blocks(read_subtitles(Path(rel_path), _decode_text(path, warnings)), transcript="subtitles")
+        except MediaError as e:
+            raise ParseError(str(e)) from e
     elif parser == "text":
         blocks = _text_blocks(_decode_text(path, warnings))
     else:
