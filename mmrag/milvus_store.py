@@ -272,6 +272,15 @@ class MilvusStore:
                                  output_fields=self._FIELDS, search_params={"metric_type": "COSINE"})
         return _hits(res)
 
+    def bm25_search(self, query: str, top_k: int = 10, filter: str = "") -> list[dict]:
+        """BM25 full-text search over the text collection (Milvus's analyzer, no vectors)."""
+        name = self._loaded(TEXT)
+        if name is None:
+            return []
+        res = self.client.search(name, data=[query], anns_field="sparse", limit=top_k, filter=filter,
+                                 output_fields=self._FIELDS, search_params={"metric_type": "BM25"})
+        return _hits(res)
+
     def hybrid_search(self, vector: list[float], query: str, top_k: int = 10, filter: str = "",
                       rrf_k: int = 60) -> list[dict]:
         """Dense + BM25 full-text over the text collection, fused by reciprocal rank (RRF)."""
