@@ -18,7 +18,7 @@ from pathlib import Path
 from mmrag.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXIT_FAILED_FILES, EXIT_BAD_ROOT, EXIT_BUSY = 1, 2, 3
+EXIT_FAILED_FILES, EXIT_BAD_ROOT, EXIT_BUSY, EXIT_ANSWER_FAILED = 1, 2, 3, 4
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
@@ -79,6 +79,7 @@ def cmd_ingest(args) -> int:
     _say(args, f"{source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
                f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
     run_errors: list[tuple[list[str], str]] = []
+    removed = 0
     if plan.deleted:
         job = defs.resolve_job_def("cleanup_job")
         res = job.execute_in_process(
@@ -86,6 +87,7 @@ def cmd_ingest(args) -> int:
             run_config={**_quiet_run_config(),
                         "ops": {"remove_deleted_files": {"config": {"file_keys": plan.deleted}}}})
         if res.success:
+            removed = len(plan.deleted)
             for key in plan.deleted:
                 if key in partitions:
                     instance.delete_dynamic_partition("source_files", key)
@@ -102,7 +104,7 @@ def cmd_ingest(args) -> int:
                                      tags={**range_tags(start, end), "mmrag/launched-by": "cli"})
         if not res.success:
             run_errors.append((keys, _run_error(res)))
-    return _report(args, settings, source, scan, run_errors)
+    return _report(args, settings, source, scan, run_errors, removed)
 
 
 def _run_error(result) -> str:
@@ -124,7 +126,7 @@ def _index_counts(settings: Settings) -> dict:
     return {"text_rows": store.count(TEXT), "image_rows": store.count(IMAGE), "graph_nodes": nodes, "graph_edges": edges}
 
 
-def _report(args, settings, source, scan, run_errors) -> int:
+def _report(args, settings, source, scan, run_errors, removed: int = 0) -> int:
     from mmrag.state import Manifest
 
     manifest = Manifest(settings.state_path)
@@ -146,11 +148,12 @@ def _report(args, settings, source, scan, run_errors) -> int:
     for rel, reason in scan.ignored:
         skipped.append({"path": rel, "reason": reason})
     out = {"files": len(scan.files) + len(scan.ignored), "indexed": indexed, "skipped": skipped, "failed": failed,
-           **_index_counts(settings)}
+           "deleted": removed, **_index_counts(settings)}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"indexed {indexed}/{out['files']} files; {len(skipped)} skipped, {len(failed)} failed")
+        print(f"indexed {indexed}/{out['files']} files; {len(skipped)} skipped, {len(failed)} failed"
+              + (f"; {removed} deleted files removed from the index" if removed else ""))
         for s in skipped:
             print(f"  skipped {s['path']}: {s['reason']}")
         for f in failed:
@@ -161,24 +164,53 @@ def _report(args, settings, source, scan, run_errors) -> int:
 
 
 def cmd_query(args) -> int:
-    from mmrag.query import search
+    from mmrag.answer import answer as write_answer
+    from mmrag.answer import where
+    from mmrag.llm import LLMClient
+    from mmrag.query import retrieve
 
     settings = Settings.from_env()
-    hits = search(settings, args.text, top_k=args.top_k, source=args.source)
+    res = retrieve(settings, args.text, top_k=args.top_k, mode=args.mode, sources=args.source, files=args.file,
+                   modalities=args.modality, with_images=not args.no_images)
+    hits, ans = res["hits"], None
+    if args.answer:
+        ans = write_answer(args.text, hits, LLMClient.from_settings(settings), graph_context=res["graph_context"])
+    code = EXIT_ANSWER_FAILED if ans is not None and ans.status == "error" else 0
     if args.json:
-        print(json.dumps({"hits": hits}, indent=2, default=str))
-        return 0
+        out = {"hits": hits, "answer": ans.text if ans else None, "citations": ans.citations if ans else [],
+               "answer_status": ans.status if ans else None, "model": ans.model if ans else None,
+               "mode": args.mode, "graph_context": res["graph_context"]}
+        print(json.dumps(out, indent=2, default=str))
+        return code
+    if ans is not None:
+        print(ans.text if ans.status != "no_llm" else "No LLM is configured (MMRAG_LLM_URL): showing what was retrieved.")
+        if ans.citations:
+            print("\nSources:")
+            for c in ans.citations:
+                h = hits[c["hit"]]
+                print(f"  [{c['n']}] {h['source']}:{h['file']} {where(h)}" + (f"  {h['image_path']}" if h.get("image_path") else ""))
+        print()
     if not hits:
         print("no hits")
     for i, h in enumerate(hits, 1):
-        where = f"p.{h['page'] + 1}" if h.get("page") is not None and h["page"] >= 0 else ""
-        if "t_start" in h:
-            from mmrag.media import hms
-
-            where = f"{hms(h['t_start'])}–{hms(h['t_end'])}"
         text = " ".join(h["text"].split())[:160]
-        print(f"{i:2d}. [{h['score']:.3f}] {h['source']}:{h['file']} {where} ({h['modality']})\n    {text}")
-    return 0
+        frame = f"\n    image: {h['image_path']}" if h.get("image_path") else ""
+        print(f"{i:2d}. [{h['score']:.3f}] {h['source']}:{h['file']} {where(h)} ({h['modality']})\n    {text}{frame}")
+    if res["graph_context"] and not args.answer:
+        print(f"\ngraph context ({args.mode}): {len(res['graph_context'])} characters (--json shows it)")
+    if ans is not None and ans.status == "error":
+        print(f"mmrag: {ans.error}", file=sys.stderr)
+    return code
+
+
+def cmd_ui(args) -> int:
+    """The chat page (Streamlit), on this machine's index."""
+    import subprocess
+
+    app = Path(__file__).with_name("ui_app.py")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    return subprocess.call(cmd)
 
 
 def cmd_status(args) -> int:
@@ -245,15 +277,26 @@ def main(argv: list[str] | None = None) -> int:
     pi.add_argument("root")
     pi.add_argument("--source", help="source name (default: the folder's name)")
     pi.add_argument("--json", action="store_true")
-    pq = sub.add_parser("query", help="top-k hits from the index")
+    from mmrag.query import MODALITIES, MODES
+
+    pq = sub.add_parser("query", help="top-k hits from the index (and graph context, an answer)")
     pq.add_argument("text")
     pq.add_argument("--top-k", type=int, default=5)
-    pq.add_argument("--source")
+    pq.add_argument("--mode", choices=MODES, default="naive",
+                    help="naive = Milvus hits only; local/global/hybrid/mix add LightRAG's graph context")
+    pq.add_argument("--answer", action="store_true", help="write an answer with the configured LLM/VLM, citing [n]")
+    pq.add_argument("--source", action="append", help="only this source (repeatable)")
+    pq.add_argument("--file", action="append", help="only this file: rel/path or source:rel/path (repeatable)")
+    pq.add_argument("--modality", action="append", choices=MODALITIES, help="only this modality (repeatable)")
+    pq.add_argument("--no-images", action="store_true", help="skip the CLIP image search")
     pq.add_argument("--json", action="store_true")
     ps = sub.add_parser("status", help="rows per source and file; stale files")
     ps.add_argument("--json", action="store_true")
     pd = sub.add_parser("dev", help="open the Dagster UI on this project")
     pd.add_argument("--port", type=int, default=3000)
+    pu = sub.add_parser("ui", help="the chat page (Streamlit): ask, see the answer, cited chunks, images, frames")
+    pu.add_argument("--port", type=int, default=8501)
+    pu.add_argument("--host", default="127.0.0.1")
     args = p.parse_args(argv)
     import logging
 
@@ -263,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmrag.milvus_store import IndexBusyError
 
     try:
-        return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev}[args.cmd](args)
+        return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
+                "ui": cmd_ui}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY
