@@ -54,16 +54,15 @@ def _say(args, msg: str) -> None:
     print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
-def cmd_ingest(args) -> int:
+def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None):
+    """Bring the index in line with `root`: clean-up run for deleted files, ingest runs (ranges of
+    partitions) for new, changed and stale ones. Returns (scan, run errors, files removed); the scan's
+    `error` is set (and nothing changed) when the root is missing or unreadable."""
     from mmrag.sync import contiguous_ranges, plan_sync, range_tags, scan_root
 
-    settings = Settings.from_env()
-    root = Path(args.root).expanduser().resolve()
-    source = args.source or _source_name(root)
     scan = scan_root(root, source)
     if scan.error:
-        print(f"mmrag: {scan.error}; nothing was changed", file=sys.stderr)
-        return EXIT_BAD_ROOT
+        return scan, [], 0
     instance = _instance(settings)
 
     from mmrag.definitions import defs
@@ -76,8 +75,8 @@ def cmd_ingest(args) -> int:
     plan = plan_sync(scan, records, partitions, fingerprint=settings.fingerprint())
     for key, (size, mtime) in plan.touched.items():
         manifest.update(key, size=size, mtime=mtime)
-    _say(args, f"{source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
-               f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
+    say(f"{source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
+        f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
     run_errors: list[tuple[list[str], str]] = []
     removed = 0
     if plan.deleted:
@@ -99,11 +98,22 @@ def cmd_ingest(args) -> int:
     job = defs.resolve_job_def("ingest_job")
     for start, end in contiguous_ranges(plan.to_run, ordered):
         keys = ordered[ordered.index(start): ordered.index(end) + 1]
-        _say(args, f"  indexing {len(keys)} files ({start} … {end})")
+        say(f"  indexing {len(keys)} files ({start} … {end})")
         res = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_quiet_run_config(),
                                      tags={**range_tags(start, end), "mmrag/launched-by": "cli"})
         if not res.success:
             run_errors.append((keys, _run_error(res)))
+    return scan, run_errors, removed
+
+
+def cmd_ingest(args) -> int:
+    settings = Settings.from_env()
+    root = Path(args.root).expanduser().resolve()
+    source = args.source or _source_name(root)
+    scan, run_errors, removed = sync_folder(settings, root, source, lambda msg: _say(args, msg))
+    if scan.error:
+        print(f"mmrag: {scan.error}; nothing was changed", file=sys.stderr)
+        return EXIT_BAD_ROOT
     return _report(args, settings, source, scan, run_errors, removed)
 
 
@@ -203,14 +213,52 @@ def cmd_query(args) -> int:
     return code
 
 
+def cmd_eval(args) -> int:
+    from mmrag.evaluation import evaluate, plot_recall, recall_table
+    from mmrag.llm import LLMClient
+
+    settings = Settings.from_env()
+    folder = Path(args.dir).expanduser().resolve()
+    docs = folder / "documents"
+    if not (folder / "samples.jsonl").is_file() or not docs.is_dir():
+        print(f"mmrag: {folder} needs documents/ and samples.jsonl (MMLongBench-Doc layout)", file=sys.stderr)
+        return EXIT_BAD_ROOT
+    source = args.source or f"eval-{_source_name(folder)}"
+    scan, run_errors, _ = sync_folder(settings, docs, source, lambda msg: _say(args, msg))
+    if run_errors:
+        print(f"mmrag: indexing {docs} failed: {run_errors[0][1]}", file=sys.stderr)
+        return EXIT_FAILED_FILES
+    res = evaluate(settings, folder, source, text_search=args.text_search, limit=args.limit,
+                   llm=LLMClient.from_settings(settings))
+    plot = plot_recall(res, Path(args.plot) if args.plot else settings.home / "eval" / f"{source}-recall.png")
+    res["plot"] = str(plot)
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    print(f"{res['questions']} answerable questions over {res['documents']} documents ({args.text_search} text search)")
+    print(recall_table(res))
+    na = res["not_answerable"]
+    print(f"not answerable: {na['n']} questions" + (f", {na['recognised']} recognised by the LLM" if na["recognised"] is not None else
+                                                    f" ({na['note']})"))
+    print(f"plot: {plot}")
+    return 0
+
+
 def cmd_ui(args) -> int:
-    """The chat page (Streamlit), on this machine's index."""
-    import subprocess
+    """The chat page (Streamlit), on this machine's index. Streamlit replaces this process (exec), so
+    a signal to `mmrag ui` stops the server, and with it its hold on a Milvus Lite index."""
+    import os
 
     app = Path(__file__).with_name("ui_app.py")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.address", args.host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    return subprocess.call(cmd)
+           "--server.address", args.host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           # no file watcher over the tree, no dev-mode server or deploy button, uncaught errors by type only
+           "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+           "--client.toolbarMode", "viewer", "--client.showErrorDetails", "type"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
 
 
 def cmd_status(args) -> int:
@@ -294,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--json", action="store_true")
     pd = sub.add_parser("dev", help="open the Dagster UI on this project")
     pd.add_argument("--port", type=int, default=3000)
+    pe = sub.add_parser("eval", help="page recall@1/5/10 on an MMLongBench-Doc-style folder (documents/ + samples.jsonl)")
+    pe.add_argument("dir")
+    pe.add_argument("--source", help="source name for the documents (default: eval-<folder name>)")
+    pe.add_argument("--text-search", choices=("hybrid", "dense", "bm25"), default="hybrid")
+    pe.add_argument("--limit", type=int, help="first N samples only")
+    pe.add_argument("--plot", help="PNG path for the recall@k plot (default: $MMRAG_HOME/eval/<source>-recall.png)")
+    pe.add_argument("--json", action="store_true")
     pu = sub.add_parser("ui", help="the chat page (Streamlit): ask, see the answer, cited chunks, images, frames")
     pu.add_argument("--port", type=int, default=8501)
     pu.add_argument("--host", default="127.0.0.1")
@@ -307,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "ui": cmd_ui}[args.cmd](args)
+                "eval": cmd_eval, "ui": cmd_ui}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY

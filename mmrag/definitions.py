@@ -6,7 +6,8 @@ from __future__ import annotations
 from dagster import Definitions
 
 from mmrag_assets.cleanup import cleanup_job
-from mmrag_assets.jobs import ASSETS, ingest_job
+from mmrag_assets.jobs import ASSETS, eval_job, ingest_job
+from mmrag_assets.retrieval_eval import retrieval_eval
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
 from mmrag_resources.lightrag import LightRAGResource
@@ -33,8 +34,8 @@ def default_resources() -> dict:
 
 
 defs = Definitions(
-    assets=ASSETS,
-    jobs=[ingest_job, cleanup_job],
+    assets=[*ASSETS, retrieval_eval],
+    jobs=[ingest_job, cleanup_job, eval_job],
     sensors=[watch_folders],
     schedules=[reindex_schedule],
     resources=default_resources(),

@@ -10,6 +10,7 @@ from mmrag_assets.modal_descriptions import modal_descriptions
 from mmrag_assets.parsed_blocks import parsed_blocks
 from mmrag_assets.partitions import source_files
 from mmrag_assets.raw_files import raw_files
+from mmrag_assets.retrieval_eval import retrieval_eval
 
 ASSETS = [raw_files, parsed_blocks, modal_descriptions, embeddings, milvus_partitions, lightrag_graph]
 
@@ -22,3 +23,9 @@ ingest_job = define_asset_job(
 
 # Runs that write a Milvus Lite index carry this tag; dagster.yaml lets one such run at a time.
 LITE_WRITER_TAG = {"mmrag/index-writer": "milvus-lite"}
+
+# The evaluation reads the index; with Milvus Lite, reading also takes the data dir's lock.
+eval_job = define_asset_job(
+    "eval_job", selection=AssetSelection.assets(retrieval_eval), executor_def=in_process_executor,
+    tags=LITE_WRITER_TAG, description="Page recall@k of the index on an MMLongBench-Doc-style folder.",
+)
