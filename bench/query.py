@@ -1,0 +1,157 @@
+"""Benchmark: retrieval latency (hybrid: MiniLM dense + BM25, RRF; Milvus Lite; no LLM) at 10k and
+100k text rows, in the process that wrote the rows and in a fresh process.
+
+Rows: the text of the MMLongBench slice's PDFs (pypdfium2) cut into ~120-word windows and embedded
+once with the real MiniLM; to reach 10k / 100k rows each window is repeated under other file keys
+with its vector jittered (unit-normalised) and a row tag in its text, so the dense and BM25 indexes
+hold that many distinct rows. Writes go through `MilvusStore.replace_file` (the pipeline's path).
+Queries: the slice's 81 real questions, through `mmrag.query.retrieve` (the CLI's function), with
+images and graph off. The first query of each process is reported apart (load + warm-up).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/query.py [--sizes 10000,100000] [--json]
+
+A Milvus Lite data dir admits one process at a time, so the writer exits before the fresh process
+opens the same dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+EVAL = REPO.parent / "shared" / "eval" / "mmlongbench"
+
+
+def base_windows(words_per: int = 120) -> list[str]:
+    import pypdfium2
+
+    out = []
+    for pdf in sorted((EVAL / "documents").glob("*.pdf")):
+        doc = pypdfium2.PdfDocument(str(pdf))
+        for page in doc:
+            words = page.get_textpage().get_text_range().split()
+            out += [" ".join(words[i: i + words_per]) for i in range(0, len(words), words_per) if words[i: i + words_per]]
+        doc.close()
+    return out
+
+
+def questions() -> list[str]:
+    return [json.loads(line)["question"] for line in (EVAL / "samples.jsonl").read_text().splitlines() if line.strip()]
+
+
+def measure(settings, prefix: str) -> dict:
+    from mmrag.embedders import TextEmbedder
+    from mmrag.query import open_store, retrieve
+
+    s = settings.with_(collection_prefix=prefix)
+    te = TextEmbedder(s.text_embed_model)
+    store = open_store(s)
+    qs = questions()
+    t0 = time.perf_counter()
+    retrieve(s, qs[0], top_k=10, with_images=False, text_embedder=te, store=store)
+    first = (time.perf_counter() - t0) * 1000
+    lat = []
+    for q in qs[1:]:
+        t0 = time.perf_counter()
+        retrieve(s, q, top_k=10, with_images=False, text_embedder=te, store=store)
+        lat.append((time.perf_counter() - t0) * 1000)
+    lat.sort()
+    return {"first_ms": round(first, 1), "p50_ms": round(statistics.median(lat), 1),
+            "p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1), "queries": len(lat)}
+
+
+def write(settings, sizes: list[int]) -> dict:
+    import numpy as np
+
+    from mmrag.embedders import TextEmbedder
+    from mmrag.milvus_store import TEXT, MilvusStore, Row
+
+    texts = base_windows()
+    te = TextEmbedder(settings.text_embed_model)
+    t0 = time.perf_counter()
+    vecs = te.embed(texts)
+    embed_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    out = {"base_windows": len(texts), "embed_s": round(embed_s, 1)}
+    for n in sizes:
+        prefix = f"bench{n}"
+        store = MilvusStore(settings.resolved_milvus_uri, prefix=prefix)
+        store.ensure_collections(vecs.shape[1], None)
+        t0 = time.perf_counter()
+        per_file = 500
+        for f in range(0, n, per_file):
+            rows = []
+            for i in range(f, min(f + per_file, n)):
+                b = i % len(texts)
+                v = vecs[b] if i < len(texts) else vecs[b] + rng.normal(0, 0.03, vecs.shape[1]).astype(np.float32)
+                v = v / np.linalg.norm(v)
+                rows.append(Row(id=f"r{i}", file_key=f"bench:file{f // per_file:04d}.pdf", source="bench", modality="text",
+                                text=f"{texts[b]} (row {i})", vector=v.tolist(), page=i % 40))
+            store.replace_file(TEXT, f"bench:file{f // per_file:04d}.pdf", rows)
+        out[str(n)] = {"write_s": round(time.perf_counter() - t0, 1), "rows": store.count(TEXT),
+                       "writer_process": measure(settings, prefix)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--home", help="(internal) data dir to use")
+    ap.add_argument("--phase", choices=("write", "read"), help="(internal) one phase in this process")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    if args.phase:
+        from mmrag.config import Settings
+
+        os.environ["MMRAG_HOME"] = args.home
+        settings = Settings.from_env()
+        res = write(settings, sizes) if args.phase == "write" else {str(n): measure(settings, f"bench{n}") for n in sizes}
+        print(json.dumps(res))
+        return
+    home = tempfile.mkdtemp(prefix="mmrag-query-bench-")
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+
+    def phase(name: str) -> dict:
+        res = subprocess.run([sys.executable, __file__, "--phase", name, "--home", home, "--sizes", args.sizes],
+                             capture_output=True, text=True, env=env, check=True)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    wrote = phase("write")
+    fresh = phase("read")
+    result = {"sizes": sizes, "base_windows": wrote["base_windows"], "per_size": {}}
+    for n in sizes:
+        w, f = wrote[str(n)]["writer_process"], fresh[str(n)]
+        result["per_size"][str(n)] = {"rows": wrote[str(n)]["rows"], "write_s": wrote[str(n)]["write_s"],
+                                      "writer_process": w, "fresh_process": f,
+                                      "fresh_over_writer_p50": round(f["p50_ms"] / w["p50_ms"], 3)}
+    big, small = str(max(sizes)), str(min(sizes))
+    result["p50_100k_over_10k_fresh"] = round(result["per_size"][big]["fresh_process"]["p50_ms"]
+                                              / result["per_size"][small]["fresh_process"]["p50_ms"], 3)
+    result["aim_p50_le_50ms_at_largest"] = result["per_size"][big]["fresh_process"]["p50_ms"] <= 50
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"hybrid retrieval (MiniLM + BM25, RRF), Milvus Lite, top-10, {questions().__len__() - 1} timed queries per process")
+    for n in sizes:
+        r = result["per_size"][str(n)]
+        for where in ("writer_process", "fresh_process"):
+            m = r[where]
+            print(f"  {r['rows']:>7} rows  {where.replace('_', ' '):<15} p50 {m['p50_ms']:6.1f} ms  p95 {m['p95_ms']:6.1f} ms"
+                  f"  (first query {m['first_ms']:.0f} ms)")
+        print(f"          fresh / writer p50: {r['fresh_over_writer_p50']:.3f}; rows written in {r['write_s']:.0f} s")
+    print(f"p50 {big} / {small} rows (fresh): {result['p50_100k_over_10k_fresh']:.3f}; "
+          f"aim p50 ≤ 50 ms at {big}: {'PASS' if result['aim_p50_le_50ms_at_largest'] else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
