@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +42,30 @@ def mmrag_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     monkeypatch.setenv("MMRAG_CLIP_PRETRAINED", "random")
     return home
+
+
+@contextlib.contextmanager
+def isolated_env(tmp: Path):
+    """mmrag_env for a module-scoped fixture: MMRAG_HOME/DAGSTER_HOME under `tmp`, random CLIP."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("MMRAG_") and v != "MMRAG_SHARED"]:
+            mp.delenv(var)
+        (tmp / "dagster").mkdir()
+        shutil.copy(REPO / "dagster.yaml", tmp / "dagster" / "dagster.yaml")
+        mp.setenv("MMRAG_HOME", str(tmp / "home"))
+        mp.setenv("DAGSTER_HOME", str(tmp / "dagster"))
+        mp.setenv("MMRAG_CLIP_PRETRAINED", "random")
+        yield mp
+
+
+def run_cli(*args) -> tuple[int, dict]:
+    """`mmrag ARGS --json` in-process, outside capsys (for module-scoped fixtures)."""
+    from mmrag.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([*args, "--json"])
+    return code, json.loads(buf.getvalue())
 
 
 def copy_corpus(src: Path, dest: Path, names: list[str] | None = None) -> Path:

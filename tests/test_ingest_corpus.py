@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BAD, SAMPLE, copy_corpus, need_shared
+from conftest import BAD, SAMPLE, copy_corpus, isolated_env, need_shared, run_cli
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 
 
@@ -12,31 +12,11 @@ from helpers import IMAGE, TEXT, cli_json, rows_by_file
 def indexed_sample(tmp_path_factory):
     """The whole sample corpus ingested once for the tests of this module."""
     need_shared()
-    from conftest import REPO
-
     tmp = tmp_path_factory.mktemp("sample")
-    with pytest.MonkeyPatch.context() as mp:
-        import os
-        import shutil
-
-        for var in [v for v in os.environ if v.startswith("MMRAG_") and v != "MMRAG_SHARED"]:
-            mp.delenv(var)
-        (tmp / "dagster").mkdir()
-        shutil.copy(REPO / "dagster.yaml", tmp / "dagster" / "dagster.yaml")
-        mp.setenv("MMRAG_HOME", str(tmp / "home"))
-        mp.setenv("DAGSTER_HOME", str(tmp / "dagster"))
-        mp.setenv("MMRAG_CLIP_PRETRAINED", "random")
+    with isolated_env(tmp):
         root = copy_corpus(SAMPLE, tmp / "sample")
-        from mmrag.cli import main
-
-        import contextlib
-        import io
-        import json
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            code = main(["ingest", str(root), "--source", "sample", "--json"])
-        yield code, json.loads(buf.getvalue()), root
+        code, out = run_cli("ingest", str(root), "--source", "sample")
+        yield code, out, root
 
 
 def test_every_document_and_image_is_indexed(indexed_sample):

@@ -82,8 +82,8 @@ def test_speech_at_a_known_offset_is_found_there(mmrag_env, tmp_path, capsys):
     assert rows_by_file(TEXT)
 
 
-def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
-    """The openai-whisper code path, offline: a random tiny model built from ModelDimensions."""
+def _random_whisper():
+    """openai-whisper's multilingual tiny architecture with random weights (skips without ffmpeg)."""
     need_shared()
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed by openai-whisper")
@@ -97,6 +97,12 @@ def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
     with torch.no_grad():  # some parameters start uninitialised (torch.empty): give them small values
         for p in model.parameters():
             p.normal_(0, 0.02)
+    return model
+
+
+def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
+    """The openai-whisper code path, offline: a random tiny model built from ModelDimensions."""
+    model = _random_whisper()
     tr = Transcriber("openai-whisper", "random-tiny", model_obj=model).transcribe(SAMPLE / "jfk.flac")
     assert tr.model == "openai-whisper random-tiny"
     assert all(s.start <= s.end for s in tr.segments)  # quality is not asserted: the weights are random
@@ -246,20 +252,9 @@ def test_embedded_subtitle_track_is_the_transcript(tmp_path):
 def test_language_detection_with_a_multilingual_model(tmp_path):
     """openai-whisper's multilingual tiny architecture (random weights) detects a language when none
     is set, and keeps a forced one."""
-    need_shared()
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg (Debian) is needed by openai-whisper")
-    import torch
-    from whisper.model import ModelDimensions, Whisper
     from whisper.tokenizer import LANGUAGES
 
-    torch.manual_seed(0)
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=1, n_audio_layer=1,
-                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=1, n_text_layer=1)
-    model = Whisper(dims).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+    model = _random_whisper()
     detected = Transcriber("openai-whisper", "random-tiny", model_obj=model).transcribe(SAMPLE / "jfk.flac")
     assert detected.language in LANGUAGES
     forced = Transcriber("openai-whisper", "random-tiny", model_obj=model, language="de").transcribe(SAMPLE / "jfk.flac")

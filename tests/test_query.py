@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import SAMPLE, copy_corpus, need_shared
+from conftest import SAMPLE, copy_corpus, isolated_env, need_shared, run_cli
 from helpers import cli_json
 from openai_server import image_parts, prompt_text
 
@@ -18,31 +18,12 @@ FILES = ["duck.md", "wiki_duck.html", "example_image_01.png", "xlsx_01.xlsx"]
 def indexed(tmp_path_factory):
     """One small index for the module (ingested without an LLM: structural graph)."""
     need_shared()
-    import contextlib
-    import io
-    import os
-    import shutil
-
-    from conftest import REPO
-    from mmrag.cli import main
-
     tmp = tmp_path_factory.mktemp("query")
-    mp = pytest.MonkeyPatch()
-    for var in [v for v in os.environ if v.startswith("MMRAG_") and v != "MMRAG_SHARED"]:
-        mp.delenv(var)
-    (tmp / "dagster").mkdir()
-    shutil.copy(REPO / "dagster.yaml", tmp / "dagster" / "dagster.yaml")
-    mp.setenv("MMRAG_HOME", str(tmp / "home"))
-    mp.setenv("DAGSTER_HOME", str(tmp / "dagster"))
-    mp.setenv("MMRAG_CLIP_PRETRAINED", "random")
-    root = copy_corpus(SAMPLE, tmp / "q", FILES)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["ingest", str(root), "--source", "q", "--json"])
-    out = json.loads(buf.getvalue())
-    assert code == 0 and out["indexed"] == len(FILES), out
-    yield root
-    mp.undo()
+    with isolated_env(tmp):
+        root = copy_corpus(SAMPLE, tmp / "q", FILES)
+        code, out = run_cli("ingest", str(root), "--source", "q")
+        assert code == 0 and out["indexed"] == len(FILES), out
+        yield root
 
 
 def _llm(monkeypatch, server, vlm: bool = True):
