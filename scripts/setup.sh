@@ -11,11 +11,14 @@ demo=1
 [ "${1:-}" = "--no-demo" ] && demo=0
 
 # 1. System packages: Tesseract (OCR of images and scanned pages), ffmpeg (audio/video decoding),
-#    espeak-ng (the tests speak known sentences to check transcript timing).
+#    espeak-ng (the tests speak known sentences to check transcript timing), chromium and its
+#    chromedriver (the chat page's browser test drives them headless through Selenium).
 need=()
 command -v tesseract >/dev/null || need+=(tesseract-ocr tesseract-ocr-eng)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || [ -x /usr/lib/chromium/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "==> apt-get install ${need[*]}"

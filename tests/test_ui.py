@@ -1,0 +1,214 @@
+"""The chat page (`mmrag ui`) in a real browser: Debian's chromium, headless, driven by Selenium
+through Debian's chromedriver (given explicitly, so Selenium Manager never downloads anything).
+
+A small folder is ingested once by a CLI subprocess: Milvus Lite locks its data dir for the process
+that opens it until that process exits, and the Streamlit server is another process. Each test then
+starts `mmrag ui` on a free port, asks a question in the page and reads what it shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SAMPLE, copy_corpus, need_shared
+from openai_server import FakeOpenAIServer
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+QUESTION = "What does the duck eat?"
+ANSWER = "Ducks eat leaves, berries and grain [1]."
+
+
+def _which(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name) or (name if os.path.isfile(name) and os.access(name, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = _which("chromium", "chromium-browser")
+    driver = _which("chromedriver", "/usr/lib/chromium/chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian chromium and chromium-driver are not installed (scripts/setup.sh installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    d = webdriver.Chrome(options=opts, service=Service(executable_path=driver))
+    try:
+        d.set_window_size(1400, 1000)
+        yield d
+    finally:
+        d.quit()
+
+
+def _env(home: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") or k == "MMRAG_SHARED"}
+    env.update(MMRAG_HOME=str(home), DAGSTER_HOME=str(dagster_home), MMRAG_CLIP_PRETRAINED="random",
+               HF_HUB_OFFLINE="1", DAGSTER_DISABLE_TELEMETRY="1", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    """A duck page and a picture, ingested by a CLI subprocess (which exits, freeing Milvus Lite)."""
+    need_shared()
+    tmp = tmp_path_factory.mktemp("ui")
+    dagster_home = tmp / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    root = copy_corpus(SAMPLE, tmp / "docs", ["duck.md", "example_image_01.png"])
+    env = _env(tmp / "home", dagster_home)
+    res = subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(root), "--source", "docs", "--json"],
+                         env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["indexed"] == 2 and out["image_rows"] >= 1, out
+    return tmp, env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def ui_server(tmp: Path, env: dict[str, str]):
+    """`mmrag ui` on a free port; yields its URL once /_stcore/health says ok; stops it afterwards."""
+    port = _free_port()
+    log = tmp / f"ui-{port}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "ui", "--port", str(port)], env=env, cwd=tmp,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"mmrag ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mmrag ui did not come up:\n{log.read_text()[-3000:]}"
+            time.sleep(0.3)
+        yield url, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and anything it started
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _wait(driver, what: str, fn, log: Path, timeout: float = 90):
+    """Poll fn(driver) until it returns something truthy; fail with the page text and server log."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = fn(driver)
+            if got:
+                return got
+        except Exception as e:  # noqa: BLE001 - stale elements while Streamlit re-renders
+            last = e
+        time.sleep(0.2)
+    body = driver.execute_script("return document.body ? document.body.innerText : ''")
+    pytest.fail(f"timed out waiting for {what} ({last!r})\npage:\n{body[-3000:]}\nserver log:\n{log.read_text()[-3000:]}")
+
+
+def _texts(driver, css: str) -> list[str]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText)", css)
+
+
+def _ask(driver, question: str, turn: int, log: Path) -> list[str]:
+    """Type the question into the chat input, send it, and return the texts of the turn's hits
+    once every image in them has loaded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = _wait(driver, "the chat input", lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=stChatInputTextArea]"), log)
+    box.send_keys(question)
+    box.send_keys(Keys.ENTER)
+    _wait(driver, f"hits of turn {turn}", lambda d: _texts(d, f".st-key-hit-{turn}-1"), log)
+    # the script has finished when the "running" widget is gone; then images have their src
+    _wait(driver, "the run to finish", lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid=stStatusWidget]"), log)
+    return _texts(driver, f"[class*='st-key-hit-{turn}-']")
+
+
+def _loaded_images(driver, turn: int) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map("
+        "i => ({src: i.src, w: i.naturalWidth, done: i.complete}))", f"[class*='st-key-hit-{turn}-'] img")
+
+
+def _no_traceback(driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+
+
+def test_page_loads_asks_and_shows_hits_and_an_image(index, browser):
+    tmp, env = index
+    with ui_server(tmp, env) as (url, log):
+        browser.get(url)
+        _wait(browser, "the title", lambda d: "mmrag chat" in _texts(d, "h1"), log)
+        assert browser.title == "mmrag chat"
+        _wait(browser, "the sidebar", lambda d: "Answer with the LLM" in "".join(_texts(d, "[data-testid=stSidebar]")), log)
+
+        hits = _ask(browser, QUESTION, 1, log)
+        assert any("docs:duck.md" in h for h in hits), hits
+        image_hits = [h for h in hits if "docs:example_image_01.png" in h and "image" in h]
+        assert image_hits, hits
+        imgs = _wait(browser, "an image hit's picture to load",
+                     lambda d: [i for i in _loaded_images(d, 1) if i["done"] and i["w"] > 0], log)
+        assert imgs[0]["src"].startswith(url + "/media/"), imgs
+        assert "no LLM configured" in _texts(browser, ".st-key-answer-1")[0]
+        _no_traceback(browser)
+
+
+def test_answer_cites_hits_and_llm_errors_show_as_messages(index, browser):
+    tmp, env = index
+    with FakeOpenAIServer() as fake:
+        fake.responder = lambda req: ANSWER
+        llm_env = {**env, "MMRAG_LLM_URL": fake.base_url, "MMRAG_LLM_MODEL": "fake-llm",
+                   "MMRAG_VLM_MODEL": "fake-vlm", "MMRAG_LLM_RETRIES": "0"}
+        with ui_server(tmp, llm_env) as (url, log):
+            browser.get(url)
+            _wait(browser, "the title", lambda d: "mmrag chat" in _texts(d, "h1"), log)
+
+            hits = _ask(browser, QUESTION, 1, log)
+            answer = _texts(browser, ".st-key-answer-1")[0]
+            assert ANSWER in answer and "answered by fake-" in answer, answer
+            assert "cited" in hits[0] and not any("cited" in h for h in hits[1:]), hits
+            sent = fake.chat_requests()
+            assert sent and QUESTION in json.dumps(sent[-1]), sent
+
+            fake.fail_next(1, status=500, message="the GPU is on fire")
+            _ask(browser, "Which berries does the duck like?", 2, log)
+            err = _wait(browser, "the LLM error", lambda d: _texts(d, ".st-key-answer-2 [data-testid=stAlert]"), log)
+            assert "No answer" in err[0] and "GPU is on fire" in err[0], err
+            _no_traceback(browser)
