@@ -1,5 +1,6 @@
-"""Benchmark: retrieval latency (hybrid: MiniLM dense + BM25, RRF; Milvus Lite; no LLM) at 10k and
-100k text rows, in the process that wrote the rows and in a fresh process.
+"""Benchmark: retrieval latency (hybrid: MiniLM dense + Milvus BM25 candidates, page-level fusion with
+stemmed BM25; Milvus Lite; no LLM) at 10k and 100k text rows, in the process that wrote the rows and
+in a fresh process.
 
 Rows: the text of the MMLongBench slice's PDFs (pypdfium2) cut into ~120-word windows and embedded
 once with the real MiniLM; to reach 10k / 100k rows each window is repeated under other file keys
@@ -141,7 +142,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"hybrid retrieval (MiniLM + BM25, RRF), Milvus Lite, top-10, {questions().__len__() - 1} timed queries per process")
+    print(f"hybrid retrieval (MiniLM + BM25, page fusion), Milvus Lite, top-10, {questions().__len__() - 1} timed queries per process")
     for n in sizes:
         r = result["per_size"][str(n)]
         for where in ("writer_process", "fresh_process"):

@@ -279,23 +279,48 @@ class MilvusStore:
             return []
         res = self.client.search(name, data=[query], anns_field="sparse", limit=top_k, filter=filter,
                                  output_fields=self._FIELDS, search_params={"metric_type": "BM25"})
-        return _hits(res)
+        hits = _hits(res)
+        for h in hits:  # Milvus Lite reports BM25 scores negated (best first, most negative)
+            h["score"] = abs(h["score"])
+        return hits
 
-    def hybrid_search(self, vector: list[float], query: str, top_k: int = 10, filter: str = "",
-                      rrf_k: int = 60) -> list[dict]:
-        """Dense + BM25 full-text over the text collection, fused by reciprocal rank (RRF)."""
-        from pymilvus import AnnSearchRequest, RRFRanker
-
+    def rows_of_units(self, pages: dict[str, list[int]], ids: list[str], filter: str = "",
+                      fields: list[str] | None = None, limit: int = 16384) -> list[dict]:
+        """Every text row on the given pages (`{file_key: [page, ...]}`) plus the rows `ids`,
+        restricted by `filter`: the retrieval units' full text for page-level fusion. `fields`: the
+        fields to read (default: all that hits carry, and the vector)."""
         name = self._loaded(TEXT)
-        if name is None:
+        if name is None or not (pages or ids):
             return []
-        depth = max(top_k * 4, 20)
-        reqs = [
-            AnnSearchRequest(data=[vector], anns_field="vector", param={"metric_type": "COSINE"}, limit=depth, expr=filter or None),
-            AnnSearchRequest(data=[query], anns_field="sparse", param={"metric_type": "BM25"}, limit=depth, expr=filter or None),
-        ]
-        res = self.client.hybrid_search(name, reqs, ranker=RRFRanker(rrf_k), limit=top_k, output_fields=self._FIELDS)
-        return _hits(res)
+        parts = [f"(file_key == {quote(fk)} and page in [{', '.join(str(int(p)) for p in sorted(ps))}])"
+                 for fk, ps in sorted(pages.items()) if ps]
+        if ids:
+            parts.append(f"id in [{', '.join(quote(i) for i in ids)}]")
+        expr = "(" + " or ".join(parts) + ")"
+        if filter:
+            expr = f"({filter}) and {expr}"
+        res = self.client.query(name, filter=expr, output_fields=fields or ["vector", *self._FIELDS], limit=limit,
+                                consistency_level="Strong")
+        return _rows(res)
+
+    def rows_by_id(self, ids: list[str]) -> list[dict]:
+        """Text rows by id, with the fields that hits carry."""
+        name = self._loaded(TEXT)
+        if name is None or not ids:
+            return []
+        res = self.client.query(name, filter=f"id in [{', '.join(quote(i) for i in ids)}]",
+                                output_fields=self._FIELDS, limit=len(ids), consistency_level="Strong")
+        return _rows(res)
+
+
+def _rows(res) -> list[dict]:
+    out = []
+    for r in res:
+        ent = dict(r)
+        if isinstance(ent.get("lineage"), str):
+            ent["lineage"] = json.loads(ent["lineage"])
+        out.append(ent)
+    return out
 
 
 def _hits(res) -> list[dict]:

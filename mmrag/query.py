@@ -1,7 +1,7 @@
 """Retrieval: the one function behind `mmrag query`, the chat page and the evaluation.
 
-Text hits: MiniLM vectors and Milvus's BM25 full-text index fused by RRF ("hybrid", the default), or
-either alone. Image hits: CLIP's text tower over the image collection (figures, pictures, video
+Text hits ("hybrid", the default): candidates from MiniLM vectors and from Milvus's BM25 index, fused
+per page (see `_page_fusion`); or either signal alone ("dense", "bm25": Milvus's chunk ranking). Image hits: CLIP's text tower over the image collection (figures, pictures, video
 frames), listed after the text hits. Graph context: LightRAG's modes local / global / hybrid / mix
 (naive = no graph, vector + BM25 chunks only). Filters: sources, files, modalities.
 
@@ -11,7 +11,11 @@ modality, parser and pipeline version.
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
+
+import numpy as np
 
 from mmrag.config import Settings
 from mmrag.milvus_store import IMAGE, TEXT, MilvusStore, quote
@@ -79,6 +83,158 @@ def open_graph(settings: Settings, text_embedder, llm=None):
                       manifest=Manifest(settings.state_path), namespace=f"{settings.collection_prefix}_graph")
 
 
+# -- lexical matching for the page-level fusion ---------------------------------------------------
+# Milvus Lite's analyzer neither stems nor drops stop words (its stemmer filter is ignored), so the
+# fusion re-scores candidate pages in Python: words, lower-cased, English stop words dropped,
+# Snowball-stemmed ("rates" ~ "rate", "fastened" ~ "fasten").
+_WORD = re.compile(r"\w+", re.UNICODE)
+STOP_WORDS = frozenset("""a an and are as at be but by for if in into is it no not of on or such that the their then
+there these they this to was will with what which who whom how when where why does do did from has have had its i you
+your we our me my he she him her them than so can could would should may might shall about above after again all am
+any because been before being below between both down during each few further here more most other out over own same
+some too under until up very just also only s t don""".split())
+_STEMS: dict[str, str] = {}
+EXACT_DENSE = False
+# Fusion weights, chosen on the sample-corpus fixture (tests/test_retrieval.py) and the MMLongBench
+# slice together; both are flat around these values (README: "Retrieval quality").
+DENSE_WEIGHT = 0.55  # dense vs lexical, each z-normalised over the candidates
+PAGE_WEIGHT = 0.2  # a chunk's score: this share from its page (unit), the rest its own
+
+
+def _load_stemmer():
+    try:
+        import snowballstemmer
+    except ImportError:  # still a lexical match, only without stemming
+        return lambda w: w
+    return snowballstemmer.stemmer("english").stemWord
+
+
+_stem = _load_stemmer()
+
+
+def lexical_terms(text: str) -> list[str]:
+    """Lower-cased, stop words dropped, stemmed word terms of `text`."""
+    out = []
+    for w in _WORD.findall(text.lower()):
+        if w in STOP_WORDS:
+            continue
+        s = _STEMS.get(w)
+        if s is None:
+            if len(_STEMS) > 500_000:
+                _STEMS.clear()
+            s = _STEMS[w] = _stem(w)
+        out.append(s)
+    return out
+
+
+def bm25(query_terms: list[str], docs: list[Counter], k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """Okapi BM25 of each term bag in `docs` for `query_terms`, IDF taken over `docs`."""
+    n = len(docs)
+    scores = np.zeros(n)
+    if not n:
+        return scores
+    lens = np.array([sum(d.values()) for d in docs], dtype=float)
+    norm = k1 * (1 - b + b * lens / (lens.mean() or 1.0))
+    for t in set(query_terms):
+        tf = np.array([d.get(t, 0) for d in docs], dtype=float)
+        df = int((tf > 0).sum())
+        if df:
+            idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+            scores += idf * tf * (k1 + 1) / (tf + norm)
+    return scores
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    sd = x.std() if len(x) else 0.0
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+_TERMS: dict[str, Counter] = {}  # row id (content-addressed) -> its term bag
+
+
+def _row_terms(row: dict) -> Counter:
+    c = _TERMS.get(row["id"])
+    if c is None:
+        if len(_TERMS) > 100_000:
+            _TERMS.clear()
+        c = _TERMS[row["id"]] = Counter(lexical_terms(row.get("text", "")))
+    return c
+
+
+def _page_fusion(store: MilvusStore, vec: list[float], question: str, top_k: int, flt: str,
+                 depth: int | None = None, exact_dense: bool = EXACT_DENSE) -> list[dict]:
+    """Hybrid text search, fused per page.
+
+    1. Candidates: the top `depth` chunks by MiniLM cosine and the top `depth` by Milvus BM25.
+    2. Units: each candidate's page (file key + page: all of the page's rows are read back), or the
+       chunk alone where it has no page (Markdown, HTML, transcripts).
+    3. Units and chunks each get a dense score (a unit's: its best chunk's cosine) and a lexical
+       score (BM25 over the unit's or chunk's text, stemmed, stop words dropped, IDF over the
+       candidates), z-normalised over the candidates and mixed DENSE_WEIGHT : 1 - DENSE_WEIGHT.
+    4. Hits: chunks by PAGE_WEIGHT × their unit's score + (1 - PAGE_WEIGHT) × their own; `score`.
+    """
+    depth = depth or max(2 * top_k, 50)
+    dense = store.search(TEXT, vec, depth, flt)
+    cands = {h["id"]: h for h in dense + store.bm25_search(question, depth, flt)}
+    if not cands:
+        return []
+    dense_cos = {h["id"]: float(h["score"]) for h in dense}
+    pages: dict[str, set[int]] = {}
+    solo: list[str] = []
+    for h in cands.values():
+        p = h.get("page", -1)
+        if p is not None and p >= 0:
+            pages.setdefault(h["file_key"], set()).add(int(p))
+        else:
+            solo.append(h["id"])
+    fields = ["id", "file_key", "page", "text"] + (["vector"] if exact_dense else [])
+    rows = store.rows_of_units({k: sorted(v) for k, v in pages.items()}, solo, flt, fields=fields)
+    seen = {r["id"] for r in rows}
+    rows += [h for i, h in cands.items() if i not in seen]  # a read that lags the search misses no candidate
+    if exact_dense and all(r.get("vector") is not None for r in rows):
+        q = np.asarray(vec, dtype=np.float32)
+        q /= np.linalg.norm(q) or 1.0
+        V = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+        cos = V @ q / np.maximum(np.linalg.norm(V, axis=1), 1e-9)
+    else:  # rows outside the dense top `depth` score below its last one
+        floor = min(dense_cos.values(), default=0.0)
+        cos = np.array([dense_cos.get(r["id"], floor) for r in rows])
+    unit_of: list[tuple] = []
+    for r in rows:
+        p = r.get("page", -1)
+        unit_of.append((r["file_key"], int(p)) if p is not None and p >= 0 else ("", r["id"]))
+    units = list(dict.fromkeys(unit_of))
+    index = {u: i for i, u in enumerate(units)}
+    members: list[list[int]] = [[] for _ in units]
+    for j, u in enumerate(unit_of):
+        members[index[u]].append(j)
+    qterms = lexical_terms(question)
+    row_terms = [_row_terms(r) for r in rows]
+    unit_terms = []
+    for m in members:
+        c: Counter = Counter()
+        for j in m:
+            c.update(row_terms[j])
+        unit_terms.append(c)
+    unit_dense = np.array([max(cos[j] for j in m) for m in members])
+    unit_score = DENSE_WEIGHT * _z(unit_dense) + (1 - DENSE_WEIGHT) * _z(bm25(qterms, unit_terms))
+    chunk_score = DENSE_WEIGHT * _z(cos) + (1 - DENSE_WEIGHT) * _z(bm25(qterms, row_terms))
+    score = PAGE_WEIGHT * unit_score[[index[u] for u in unit_of]] + (1 - PAGE_WEIGHT) * chunk_score
+    # A chunk ranks by its own fused score plus a share of its page's: a passage on a page that
+    # matches the question as a whole (a table's caption above it, the words around a figure) rises.
+    picked = sorted(range(len(rows)), key=lambda j: -score[j])[:top_k]
+    full = dict(cands)
+    missing = [rows[j]["id"] for j in picked if rows[j]["id"] not in full]
+    full.update({r["id"]: r for r in store.rows_by_id(missing)})
+    out = []
+    for j in picked:
+        h = dict(full.get(rows[j]["id"], rows[j]))
+        h.pop("vector", None)
+        h["score"] = round(float(score[j]), 6)
+        out.append(h)
+    return out
+
+
 def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
              modalities=None, text_search: str = "hybrid", with_images: bool = True, image_k: int = 3,
              text_embedder=None, image_embedder=None, graph=None, store: MilvusStore | None = None) -> dict:
@@ -103,7 +259,7 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
             raw = store.bm25_search(question, top_k, flt)
         else:
             vec = text_embedder.embed([question])[0].tolist()
-            raw = store.hybrid_search(vec, question, top_k, flt) if text_search == "hybrid" else store.search(TEXT, vec, top_k, flt)
+            raw = _page_fusion(store, vec, question, top_k, flt) if text_search == "hybrid" else store.search(TEXT, vec, top_k, flt)
         hits = [_hit(h) for h in raw]
     timings["text"] = (time.perf_counter() - t0) * 1000
     if with_images and image_k > 0 and (not modalities or IMAGE in modalities) and store.has(IMAGE):
