@@ -98,6 +98,7 @@ def write(settings, sizes: list[int]) -> dict:
                 rows.append(Row(id=f"r{i}", file_key=f"bench:file{f // per_file:04d}.pdf", source="bench", modality="text",
                                 text=f"{texts[b]} (row {i})", vector=v.tolist(), page=i % 40))
             store.replace_file(TEXT, f"bench:file{f // per_file:04d}.pdf", rows)
+        store.flush()  # as the milvus_partitions asset does at the end of a run
         out[str(n)] = {"write_s": round(time.perf_counter() - t0, 1), "rows": store.count(TEXT),
                        "writer_process": measure(settings, prefix)}
     return out

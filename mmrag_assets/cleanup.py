@@ -49,6 +49,8 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
         rows += n
         if log:
             log.info(f"removed {key}: {n} Milvus rows and its graph contributions")
+    if rows:
+        store.flush()
     return {"files": len(keys) - len(skipped), "rows_deleted": rows, "skipped_recreated": len(skipped)}
 
 

@@ -62,6 +62,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         out[key] = {"status": "indexed", "text_rows": len(text_rows), "image_rows": len(image_rows)}
         rows.append((key, rec.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
                                      f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
+    store.flush()
     context.add_output_metadata({
         **outcome_counts(embeddings), "uri": store.uri if not milvus.is_lite else f"Milvus Lite: {store.uri}",
         "fingerprint": fingerprint, "per_file": files_table(rows),
