@@ -76,7 +76,12 @@ def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: B
     if detected.kind in ("audio", "video", "subtitles"):
         from mmrag.subtitles import pair_sidecars, sidecar_tag
 
-        siblings = sorted(p.relative_to(root).as_posix() for p in path.parent.iterdir() if p.is_file())
+        # Only names that share the first dot-separated part can pair (`talk.en.vtt` ~ `talk.mp4`).
+        first = path.name.split(".")[0]
+        folder = Path(rel_path).parent
+        with os.scandir(path.parent) as entries:
+            siblings = sorted((folder / e.name).as_posix() for e in entries
+                              if e.name.split(".")[0] == first and e.is_file())
         paired = pair_sidecars(siblings).get(Path(rel_path).as_posix(), [])
         if detected.kind == "subtitles" and paired:
             return FileOutcome(file_key, "skipped", f"sidecar subtitles of {', '.join(paired)}: indexed as its transcript",
