@@ -155,7 +155,27 @@ class GraphStore:
                     r["nodes"], r["edges"] = nodes, edges
             return results
 
+    def _llm_identity(self) -> str:
+        return f"{getattr(self.llm, 'base_url', '')}|{getattr(self.llm, 'model', type(self.llm).__name__)}"
+
+    async def _cache_for_current_llm(self) -> None:
+        """LightRAG keys its LLM response cache by prompt alone: after a model change it would hand
+        back the old model's extractions. The model that filled the cache is noted beside the
+        graph; when another model extracts, the cache is dropped first."""
+        if self.llm is None:
+            return
+        marker = self.working_dir / f"{self.workspace}.llm-cache-model"
+        ident = self._llm_identity()
+        old = marker.read_text(encoding="utf-8") if marker.exists() else None
+        if old == ident:
+            return
+        if old is not None:
+            await self._rag.llm_response_cache.drop()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(ident, encoding="utf-8")
+
     async def _aindex_many(self, batch, persist_every: int) -> dict:
+        await self._cache_for_current_llm()
         results: dict[str, dict | Exception] = {}
         for start in range(0, len(batch), max(1, persist_every)):
             async with self._persist_once():

@@ -231,6 +231,12 @@ def test_llm_extraction_and_removal(tmp_path, embed_fn):
         calls, counts = llm.calls, s.stats()
         s.index_file(a, doc_a, chunk_document(doc_a))  # re-index: same graph, extraction from LightRAG's cache
         assert (llm.calls, s.stats(), _nodes(s)) == (calls, counts, nodes)
+        other = ScriptedLLM(SCRIPT)
+        other.model = "another-model"  # a model change: LightRAG's prompt-keyed cache must not answer for it
+        s.rebind(s._embed_fn, other, s.manifest)
+        s.index_file(a, doc_a, chunk_document(doc_a))
+        assert other.calls > 0 and _nodes(s) == nodes
+        s.rebind(s._embed_fn, llm, s.manifest)
 
         s.remove_file(a)
         after = _nodes(s)
