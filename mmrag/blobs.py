@@ -22,7 +22,9 @@ class BlobStore:
     def put_bytes(self, data: bytes, suffix: str = "") -> tuple[str, Path]:
         digest = hashlib.sha256(data).hexdigest()
         dest = self.path_for(digest, suffix)
-        if not dest.exists():
+        if dest.exists():
+            os.utime(dest)  # in use again: blob GC's grace period starts anew
+        else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent)
             with os.fdopen(fd, "wb") as f:
@@ -51,6 +53,7 @@ class BlobStore:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():
                 os.unlink(tmp)
+                os.utime(dest)  # in use again: blob GC's grace period starts anew
             else:
                 os.replace(tmp, dest)
             return digest, size, dest, head
@@ -58,6 +61,28 @@ class BlobStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+    def sweep(self, keep_names: set[str], older_than_s: float, dry_run: bool = False) -> dict:
+        """Delete blobs whose file name is not in `keep_names` and that were last written or reused
+        more than `older_than_s` ago (a run in flight may hold fresh ones no index points to yet)."""
+        import time
+
+        cutoff = time.time() - older_than_s
+        removed = kept = 0
+        freed = 0
+        for p in self.root.glob("??/*"):
+            if not p.is_file():
+                continue
+            st = p.stat()
+            if p.name in keep_names or st.st_mtime > cutoff:
+                kept += 1
+                continue
+            removed += 1
+            freed += st.st_size
+            if not dry_run:
+                p.unlink(missing_ok=True)
+        return {"removed": removed, "freed_bytes": freed, "kept": kept, "dry_run": dry_run}
 
 
 def hash_file(path: Path) -> str:

@@ -244,6 +244,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from mmrag.gc import collect_garbage
+
+    res = collect_garbage(Settings.from_env(), grace_s=args.grace_s, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"blobs: {verb} {res['removed']} ({res['freed_bytes'] / 1e6:.1f} MB), kept {res['kept']}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     """The chat page (Streamlit), on this machine's index. Streamlit replaces this process (exec), so
     a signal to `mmrag ui` stops the server, and with it its hold on a Milvus Lite index."""
@@ -349,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--limit", type=int, help="first N samples only")
     pe.add_argument("--plot", help="PNG path for the recall@k plot (default: $MMRAG_HOME/eval/<source>-recall.png)")
     pe.add_argument("--json", action="store_true")
+    pg = sub.add_parser("gc", help="delete blobs (old file versions, their figures and frames) nothing refers to")
+    pg.add_argument("--dry-run", action="store_true", help="count only")
+    pg.add_argument("--grace-s", type=float, default=3600.0,
+                    help="keep blobs written or reused this recently (a run in flight holds some; default 1 h)")
+    pg.add_argument("--json", action="store_true")
     pu = sub.add_parser("ui", help="the chat page (Streamlit): ask, see the answer, cited chunks, images, frames")
     pu.add_argument("--port", type=int, default=8501)
     pu.add_argument("--host", default="127.0.0.1")
@@ -362,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "eval": cmd_eval, "ui": cmd_ui}[args.cmd](args)
+                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY

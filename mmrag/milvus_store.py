@@ -253,6 +253,20 @@ class MilvusStore:
         return n
 
     # -- reads -----------------------------------------------------------------------------------
+    def image_paths(self) -> set[str]:
+        """Every `image_path` the index points to (both collections): what blob GC must keep."""
+        out: set[str] = set()
+        for modality in (TEXT, IMAGE):
+            if (name := self._loaded(modality)) is None:
+                continue
+            it = self.client.query_iterator(name, batch_size=1000, filter='image_path != ""', output_fields=["image_path"])
+            try:
+                while batch := it.next():
+                    out.update(r["image_path"] for r in batch)
+            finally:
+                it.close()
+        return out
+
     def ids_for_file(self, modality: str, file_key: str) -> list[str]:
         name = self._loaded(modality)
         if name is None:

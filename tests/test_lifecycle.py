@@ -192,3 +192,48 @@ def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_
     assert rec.status == "indexed"
     assert sum(1 for r in openai_server.chat_requests() if r["model"] == "fake-vlm") > vlm_before
     assert rows_by_file(TEXT) != first_rows  # the image's row now carries the VLM's description
+
+
+def test_blob_gc_removes_only_what_nothing_refers_to(mmrag_env, tmp_path, capsys):
+    """Old versions of changed files and everything of deleted files go; the index keeps working."""
+    need_shared()
+    import os
+    import time
+
+    from mmrag.config import Settings
+
+    root = copy_corpus(SAMPLE, tmp_path / "gc", ["example_image_01.png", "docx_grouped_images.docx"])
+    _write(root, "a.md", "# Alpha\n\nFirst version about pochards.\n")
+    assert cli_json(capsys, "ingest", str(root), "--source", "gc")[0] == 0
+    blobs = Settings.from_env().blobs_dir
+
+    def names():
+        return {p.name for p in blobs.glob("??/*")}
+
+    first = names()
+    _write(root, "a.md", "# Alpha\n\nSecond version about eiders.\n")  # the first version's snapshot is orphaned
+    (root / "docx_grouped_images.docx").unlink()  # its snapshot and its pictures are orphaned
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "gc")
+    assert code == 0 and out["deleted"] == 1
+    before = names()
+    assert before >= first
+
+    code, res = cli_json(capsys, "gc", "--grace-s", "3600")  # all blobs are fresh: nothing goes yet
+    assert code == 0 and res["removed"] == 0 and res["kept"] == len(before)
+    old = time.time() - 7200
+    for p in blobs.glob("??/*"):
+        os.utime(p, (old, old))
+    code, dry = cli_json(capsys, "gc", "--dry-run")
+    assert code == 0 and dry["removed"] >= 3 and names() == before  # a.md v1, the docx, its pictures
+    code, res = cli_json(capsys, "gc")
+    assert res["removed"] == dry["removed"] and res["freed_bytes"] > 0
+    after = names()
+    assert len(after) == len(before) - res["removed"]
+
+    # Everything the index points to is still there, and a no-change sync still has nothing to do.
+    code, q = cli_json(capsys, "query", "pochards or eiders", "--top-k", "3")
+    assert q["hits"] and all(os.path.exists(h["image_path"]) for h in q["hits"] if h.get("image_path"))
+    code, again = cli_json(capsys, "ingest", str(root), "--source", "gc")
+    assert code == 0 and again["indexed"] == 2 and names() == after
+    code, _ = cli_json(capsys, "gc", "--grace-s", "0")
+    assert names() == after  # what is left is all referenced
