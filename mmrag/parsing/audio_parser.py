@@ -22,7 +22,8 @@ def transcript_blocks(segments: list[Segment], **meta) -> list[Block]:
 def _from_subtitles(path: Path, sidecars, info: dict | None) -> tuple[list[Block], str] | None:
     from mmrag.subtitles import TEXT_CODECS, extract_embedded, read_subtitles
 
-    for rel, snap, tag in sidecars:
+    if sidecars:  # best first: the untagged one, then by name
+        rel, snap, tag = sidecars[0]
         try:
             segs = read_subtitles(Path(rel), _read(snap))
         except MediaError as e:
