@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from corpus_gen import SAMPLE, build_bad
 from fixtures_llm import openai_server  # noqa: F401  (the loopback OpenAI-compatible server)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MMRAG_SHARED", REPO.parent / "shared"))
-SAMPLE = SHARED / "corpus" / "sample"
-BAD = SHARED / "corpus" / "bad"
+# The corpus lives in tests/corpus/ (sources and licences in its README). Tests never change it:
+# copy_corpus() into a temp dir first. BAD is built once per session, in a temp dir.
+_BAD_TMP = tempfile.mkdtemp(prefix="mmrag-bad-")
+atexit.register(shutil.rmtree, _BAD_TMP, ignore_errors=True)
+BAD = build_bad(Path(_BAD_TMP) / "bad")
 
 # Offline and quiet for every test: no hub downloads, no Dagster telemetry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-
-
-def need_shared() -> None:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"shared corpus not found at {SAMPLE} (set MMRAG_SHARED)")
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def mmrag_env(tmp_path, monkeypatch):
     dagster_home.mkdir()
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     for var in list(os.environ):
-        if var.startswith("MMRAG_") and var != "MMRAG_SHARED":
+        if var.startswith("MMRAG_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("MMRAG_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
@@ -48,7 +48,7 @@ def mmrag_env(tmp_path, monkeypatch):
 def isolated_env(tmp: Path):
     """mmrag_env for a module-scoped fixture: MMRAG_HOME/DAGSTER_HOME under `tmp`, random CLIP."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("MMRAG_") and v != "MMRAG_SHARED"]:
+        for var in [v for v in os.environ if v.startswith("MMRAG_")]:
             mp.delenv(var)
         (tmp / "dagster").mkdir()
         shutil.copy(REPO / "dagster.yaml", tmp / "dagster" / "dagster.yaml")

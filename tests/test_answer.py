@@ -28,12 +28,9 @@ def hit(file: str, text: str, page: int | None = 0, modality: str = "text", **ex
 
 @pytest.fixture
 def png(tmp_path):
-    """A real small PNG: the sample corpus image when present, else one made with Pillow."""
+    """A real PNG: the sample corpus image."""
     path = tmp_path / "figure.png"
-    if (SAMPLE / "example_image_01.png").is_file():
-        shutil.copy(SAMPLE / "example_image_01.png", path)
-    else:
-        Image.new("RGB", (16, 12), (20, 120, 220)).save(path)
+    shutil.copy(SAMPLE / "example_image_01.png", path)
     return path
 
 

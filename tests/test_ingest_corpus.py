@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BAD, SAMPLE, copy_corpus, isolated_env, need_shared, run_cli
+from conftest import BAD, SAMPLE, copy_corpus, isolated_env, run_cli
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 
 
 @pytest.fixture(scope="module")
 def indexed_sample(tmp_path_factory):
     """The whole sample corpus ingested once for the tests of this module."""
-    need_shared()
     tmp = tmp_path_factory.mktemp("sample")
     with isolated_env(tmp):
         root = copy_corpus(SAMPLE, tmp / "sample")
@@ -59,7 +58,6 @@ def test_table_text_is_retrievable(indexed_sample, capsys, question, file, needl
 
 
 def test_bad_files_next_to_good_ones(mmrag_env, tmp_path, capsys):
-    need_shared()
     root = copy_corpus(SAMPLE, tmp_path / "mixed", ["duck.md", "word_tables.docx"])
     code, first = cli_json(capsys, "ingest", str(root), "--source", "mixed")
     assert code == 0 and first["indexed"] == 2

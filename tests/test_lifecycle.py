@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import SAMPLE, copy_corpus, need_shared
+from conftest import SAMPLE, copy_corpus
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 from openai_server import default_responder, prompt_text
 
@@ -41,7 +41,6 @@ def _small_corpus(root):
 
 
 def test_reingest_is_idempotent_and_makes_no_llm_call(mmrag_env, tmp_path, capsys, openai_server, monkeypatch):
-    need_shared()
     openai_server.responder = lightrag_aware
     monkeypatch.setenv("MMRAG_LLM_URL", openai_server.base_url)
     monkeypatch.setenv("MMRAG_LLM_MODEL", "fake-llm")
@@ -167,7 +166,6 @@ def test_status_reports_rows_outcomes_and_staleness(mmrag_env, tmp_path, capsys,
 def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_path, capsys, openai_server,
                                                                   monkeypatch):
     """The VLM fails: the file is indexed with extractive descriptions, marked partial, and redone later."""
-    need_shared()
     from mmrag.config import Settings
     from mmrag.state import Manifest
     from openai_server import Fault
@@ -196,7 +194,6 @@ def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_
 
 def test_blob_gc_removes_only_what_nothing_refers_to(mmrag_env, tmp_path, capsys):
     """Old versions of changed files and everything of deleted files go; the index keeps working."""
-    need_shared()
     import os
     import time
 

@@ -9,7 +9,7 @@ import wave
 
 import pytest
 
-from conftest import BAD, SAMPLE, copy_corpus, need_shared
+from conftest import BAD, SAMPLE, copy_corpus
 from helpers import TEXT, cli_json, rows_by_file
 from mmrag.media import Transcriber
 
@@ -30,7 +30,6 @@ def _in_order_share(needle: list[str], hay: list[str]) -> float:
 
 
 def test_jfk_transcribed_offline_and_found_with_its_time_range(mmrag_env, tmp_path, capsys):
-    need_shared()
     tr = Transcriber().transcribe(SAMPLE / "jfk.flac")
     text = " ".join(s.text for s in tr.segments)
     assert _in_order_share(_words(PHRASE), _words(text)) >= 0.8, text
@@ -47,7 +46,6 @@ def test_jfk_transcribed_offline_and_found_with_its_time_range(mmrag_env, tmp_pa
 
 
 def test_silence_is_indexed_empty_with_a_note(mmrag_env, tmp_path, capsys):
-    need_shared()
     root = copy_corpus(BAD, tmp_path / "quiet", ["silent_1s.wav"])
     code, out = cli_json(capsys, "ingest", str(root), "--source", "quiet")
     assert code == 0 and out["indexed"] == 1 and out["failed"] == [] and out["skipped"] == []
@@ -84,7 +82,6 @@ def test_speech_at_a_known_offset_is_found_there(mmrag_env, tmp_path, capsys):
 
 def _random_whisper():
     """openai-whisper's multilingual tiny architecture with random weights (skips without ffmpeg)."""
-    need_shared()
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed by openai-whisper")
     import torch
@@ -109,7 +106,6 @@ def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
 
 
 def test_video_frames_at_the_configured_rate_with_transcript_and_times(mmrag_env, tmp_path, capsys, monkeypatch):
-    need_shared()
     from mmrag.config import Settings
 
     monkeypatch.setenv("MMRAG_VIDEO_FPS", "0.5")  # one frame every 2 s
@@ -131,7 +127,6 @@ def test_video_frames_at_the_configured_rate_with_transcript_and_times(mmrag_env
 
 
 def test_bad_media_outcomes(mmrag_env, tmp_path, capsys):
-    need_shared()
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed")
     root = copy_corpus(BAD, tmp_path / "bad", ["truncated_video.mp4"])
@@ -164,7 +159,6 @@ def _slideshow(tmp_path, seconds: int = 3):
 
 
 def test_scene_change_keyframes_and_near_duplicate_frames_dropped(tmp_path):
-    need_shared()
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed")
     from mmrag.media import drop_near_duplicates, extract_frames
@@ -194,7 +188,6 @@ def _srt(path, cues):
 def test_sidecar_subtitles_are_the_transcript_and_follow_their_video(mmrag_env, tmp_path, capsys):
     """A sidecar .srt stands in for Whisper; editing it re-indexes the video; without the video it is
     indexed on its own."""
-    need_shared()
     root = copy_corpus(SAMPLE, tmp_path / "sub", ["sample_10s_video.mp4"])
     _srt(root / "sample_10s_video.en.srt", [(1, 3, "A heron wades through the reeds"), (4, 7, "Kingfishers dive for minnows")])
     code, out = cli_json(capsys, "ingest", str(root), "--source", "sub")
@@ -223,7 +216,6 @@ def test_sidecar_subtitles_are_the_transcript_and_follow_their_video(mmrag_env, 
 
 
 def test_embedded_subtitle_track_is_the_transcript(tmp_path):
-    need_shared()
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed")
     from mmrag.blobs import BlobStore

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BAD, SAMPLE, need_shared
+from conftest import BAD, SAMPLE
 from mmrag.blobs import BlobStore
 from mmrag.blocks import BlockKind
 from mmrag.chunking import chunk_document
@@ -39,7 +39,6 @@ def no_network(monkeypatch):
 
 
 def test_html_with_remote_images_is_parsed_without_fetching(tmp_path, no_network):
-    need_shared()
     doc = _parse(SAMPLE / "wiki_duck.html", tmp_path)
     assert no_network == []
     images = [b for b in doc.blocks if b.kind == BlockKind.IMAGE]
@@ -57,7 +56,6 @@ def test_html_with_remote_images_is_parsed_without_fetching(tmp_path, no_network
     ("example_image_01.png", {BlockKind.IMAGE, BlockKind.TEXT}),
 ])
 def test_sample_files_yield_their_block_kinds(tmp_path, name, kinds):
-    need_shared()
     doc = _parse(SAMPLE / name, tmp_path)
     assert kinds <= {b.kind for b in doc.blocks}
     assert doc.parser and doc.parser_version
@@ -69,7 +67,6 @@ def test_sample_files_yield_their_block_kinds(tmp_path, name, kinds):
 
 
 def test_pdf_keeps_pages_and_bboxes(tmp_path):
-    need_shared()
     doc = _parse(SAMPLE / "multi_page.pdf", tmp_path)
     pages = {b.page for b in doc.blocks}
     assert pages == set(range(doc.pages)) and doc.pages == 5
@@ -87,7 +84,6 @@ EXPECTED_BAD = {
 
 
 def test_bad_files_get_a_clear_outcome(tmp_path):
-    need_shared()
     for f in sorted(BAD.iterdir()):
         try:
             doc = _parse(f, tmp_path)
@@ -107,7 +103,6 @@ def test_bad_files_get_a_clear_outcome(tmp_path):
 
 
 def test_chunks_keep_lineage_and_respect_size(tmp_path):
-    need_shared()
     doc = _parse(SAMPLE / "wiki_duck.html", tmp_path)
     chunks = chunk_document(doc, size=120, overlap=20)
     from mmrag.tokenize import TOKENIZER
@@ -123,7 +118,6 @@ def test_chunks_keep_lineage_and_respect_size(tmp_path):
                     reason="opt-in (MMRAG_TEST_MINERU=1): MinerU's server probes its vendor's cloud API when it starts")
 def test_mineru_parser_by_config(tmp_path):
     """MinerU (flash tier, offline) through its local server, started by the parser if needed."""
-    need_shared()
     import subprocess
     import sys
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import SAMPLE, copy_corpus, isolated_env, need_shared, run_cli
+from conftest import SAMPLE, copy_corpus, isolated_env, run_cli
 from helpers import cli_json
 from openai_server import image_parts, prompt_text
 
@@ -17,7 +17,6 @@ FILES = ["duck.md", "wiki_duck.html", "example_image_01.png", "xlsx_01.xlsx"]
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     """One small index for the module (ingested without an LLM: structural graph)."""
-    need_shared()
     tmp = tmp_path_factory.mktemp("query")
     with isolated_env(tmp):
         root = copy_corpus(SAMPLE, tmp / "q", FILES)

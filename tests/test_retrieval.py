@@ -10,7 +10,7 @@ The metric is the mean reciprocal rank of the first target hit in the top 10 (MR
 
 from __future__ import annotations
 
-from conftest import SAMPLE, copy_corpus, need_shared
+from conftest import SAMPLE, copy_corpus
 from helpers import cli_json
 
 FILES = ["wiki_duck.html", "duck.md", "word_sample.docx", "word_tables.docx", "xlsx_01.xlsx", "multi_page.pdf"]
@@ -51,7 +51,6 @@ def _is_target(hit, files, page, phrase) -> bool:
 
 
 def test_hybrid_beats_dense_and_bm25(mmrag_env, tmp_path, capsys):
-    need_shared()
     from mmrag.config import Settings
     from mmrag.embedders import TextEmbedder
     from mmrag.query import open_store, retrieve

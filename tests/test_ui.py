@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SAMPLE, copy_corpus, need_shared
+from conftest import REPO, SAMPLE, copy_corpus
 from openai_server import FakeOpenAIServer
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -61,7 +61,7 @@ def browser():
 
 
 def _env(home: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") or k == "MMRAG_SHARED"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")}
     env.update(MMRAG_HOME=str(home), DAGSTER_HOME=str(dagster_home), MMRAG_CLIP_PRETRAINED="random",
                HF_HUB_OFFLINE="1", DAGSTER_DISABLE_TELEMETRY="1", **extra)
     return env
@@ -70,7 +70,6 @@ def _env(home: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     """A duck page and a picture, ingested by a CLI subprocess (which exits, freeing Milvus Lite)."""
-    need_shared()
     tmp = tmp_path_factory.mktemp("ui")
     dagster_home = tmp / "dagster"
     dagster_home.mkdir()
