@@ -51,6 +51,16 @@ class Settings:
     video_scene_threshold: float = 0.3  # ffmpeg scene score for an extra keyframe; 0 = off
     frame_dedupe_distance: int = 4  # pHash bits under which a frame repeats the last one; -1 = keep all
     frame_ocr: bool = True  # Tesseract text of frames
+    # Per-file parsing limits (mmrag/parsing/limits.py; 0 = off; not in the fingerprint). A file over
+    # one fails with the limit's reason; the run and the other files go on.
+    parse_timeout_s: float = 3600.0  # wall clock per file in the parse worker (long videos, scanned books)
+    parse_memory_mb: int = 8192  # resident memory of the parse worker and its children (ffmpeg, tesseract)
+    max_file_mb: int = 1024  # size of a document or image (audio and video: bounded by time and memory)
+    max_pages: int = 10_000  # PDF pages
+    max_image_pixels: int = 200_000_000  # width x height of an image (a 600 dpi A3 scan is 70 M)
+    max_nesting: int = 256  # HTML/Markdown nesting (Docling ends in a RecursionError near 450)
+    max_unzipped_mb: int = 1024  # DOCX/PPTX/XLSX: total uncompressed size in the zip directory
+    max_zip_ratio: int = 100  # ... and a member's compression ratio (members over 16 MB)
     chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
     chunk_overlap: int = 30
 
@@ -84,6 +94,14 @@ class Settings:
             video_scene_threshold=float(env.get("MMRAG_VIDEO_SCENE_THRESHOLD") or d.video_scene_threshold),
             frame_dedupe_distance=_int(env, "MMRAG_FRAME_DEDUPE_DISTANCE", d.frame_dedupe_distance),
             frame_ocr=(env.get("MMRAG_FRAME_OCR") or "1").lower() not in ("0", "false", "no", "off"),
+            parse_timeout_s=float(env.get("MMRAG_PARSE_TIMEOUT_S") or d.parse_timeout_s),
+            parse_memory_mb=_int(env, "MMRAG_PARSE_MEMORY_MB", d.parse_memory_mb),
+            max_file_mb=_int(env, "MMRAG_MAX_FILE_MB", d.max_file_mb),
+            max_pages=_int(env, "MMRAG_MAX_PAGES", d.max_pages),
+            max_image_pixels=_int(env, "MMRAG_MAX_IMAGE_PIXELS", d.max_image_pixels),
+            max_nesting=_int(env, "MMRAG_MAX_NESTING", d.max_nesting),
+            max_unzipped_mb=_int(env, "MMRAG_MAX_UNZIPPED_MB", d.max_unzipped_mb),
+            max_zip_ratio=_int(env, "MMRAG_MAX_ZIP_RATIO", d.max_zip_ratio),
             chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
             chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
         )

@@ -1,9 +1,11 @@
 """parsed_blocks: each file as typed content blocks (Docling, pypdfium2 + Tesseract, MinerU)."""
 
 
+import threading
+
 from dagster import AssetExecutionContext, asset
 
-from mmrag.stages import parse_stage
+from mmrag.stages import FileOutcome, parse_stage
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
@@ -18,22 +20,38 @@ from mmrag_resources.whisper import WhisperResource
 def parsed_blocks(context: AssetExecutionContext, raw_files: dict, parsers: ParserResource,
                   whisper: WhisperResource, data_dir: DataDirResource) -> dict:
     blobs = data_dir.blobs()
-    transcriber = whisper.transcriber()
     out, rows = {}, []
-    for key in context.partition_keys:
-        doc = parse_stage(raw_files[key], lambda path, det, **ident: parsers.parse(path, det, blobs,
-                                                                                   transcriber=transcriber, **ident))
-        out[key] = doc
-        if (row := outcome_row(key, doc)) is None:
-            kinds: dict[str, int] = {}
-            for b in doc.blocks:
-                kinds[b.kind.value] = kinds.get(b.kind.value, 0) + 1
-            detail = f"{doc.parser} {doc.parser_version}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-            if doc.warnings:
-                detail += f"; warnings: {'; '.join(doc.warnings)[:150]}"
-            row = (key, "parsed", detail)
-        else:
-            context.log.warning(f"{key}: {row[1]}: {row[2]}")
-        rows.append(row)
+    # One supervised parse worker for the run (models load once); a file over a limit is stopped and
+    # fails with the reason, the worker is replaced for the next file (README, Bad inputs).
+    with parsers.supervisor(blobs, whisper) as supervisor:
+        if any(not isinstance(raw_files[key], FileOutcome) for key in context.partition_keys):
+            threading.Thread(target=_import_while_parsing, name="mmrag-preimport", daemon=True).start()
+        for key in context.partition_keys:
+            doc = parse_stage(raw_files[key], supervisor.parse)
+            out[key] = doc
+            if (row := outcome_row(key, doc)) is None:
+                kinds: dict[str, int] = {}
+                for b in doc.blocks:
+                    kinds[b.kind.value] = kinds.get(b.kind.value, 0) + 1
+                detail = f"{doc.parser} {doc.parser_version}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+                if doc.warnings:
+                    detail += f"; warnings: {'; '.join(doc.warnings)[:150]}"
+                row = (key, "parsed", detail)
+            else:
+                context.log.warning(f"{key}: {row[1]}: {row[2]}")
+            rows.append(row)
     context.add_output_metadata({**outcome_counts(out), "per_file": files_table(rows)})
     return out
+
+
+def _import_while_parsing() -> None:
+    """This process only waits while the worker parses: import what the embeddings step needs
+    meanwhile (torch, transformers, sentence-transformers: seconds that the step would wait for)."""
+    from mmrag.config import Settings
+
+    if Settings.from_env().text_embed_backend != "sentence-transformers":
+        return
+    try:
+        import sentence_transformers  # noqa: F401
+    except Exception:  # the embeddings step reports it
+        pass

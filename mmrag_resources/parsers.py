@@ -34,6 +34,18 @@ class ParserResource(ConfigurableResource):
     def parser_name(self, kind: str) -> str:
         return parser_for(kind, self.settings().pdf_parser)
 
+    def supervisor(self, blobs: BlobStore, whisper=None):
+        """A supervised parse worker for one run (per-file time and memory limits, pre-checks;
+        README, Bad inputs): `with parsers.supervisor(blobs, whisper) as sup: sup.parse(path, det, **ident)`."""
+        from mmrag.parsing.worker import ParseSupervisor, WorkerConfig
+
+        s = self.settings()
+        if whisper is not None:
+            w = whisper.settings()
+            s = s.with_(whisper_backend=w.whisper_backend, whisper_model=w.whisper_model,
+                        whisper_language=w.whisper_language)
+        return ParseSupervisor(WorkerConfig.from_settings(s, blobs.root))
+
     def parse(self, path: Path, detected: Detected, blobs: BlobStore, **ident) -> ParsedDocument:
         from mmrag.parsing.video_parser import FrameOptions
 

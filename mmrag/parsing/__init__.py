@@ -84,11 +84,30 @@ def _parser_version(name: str) -> str:
 
 def _decode_text(path: Path, warnings: list[str]) -> str:
     raw = path.read_bytes()
+    if raw[:2] in _UTF16_BOMS:
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    raw = _drop_nul(raw, warnings, bom_ok=False)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         warnings.append(f"invalid UTF-8 at byte {e.start}: undecodable bytes replaced with U+FFFD")
         return raw.decode("utf-8", errors="replace")
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _drop_nul(raw: bytes, warnings: list[str], bom_ok: bool = True) -> bytes:
+    """NUL bytes have no place in UTF-8 text (parsers and stores stop or choke on them): removed,
+    with a warning. UTF-16 (with its BOM) is made of them and stays as it is."""
+    if b"\x00" not in raw or (bom_ok and raw[:2] in _UTF16_BOMS):
+        return raw
+    n = raw.count(b"\x00")
+    warnings.append(f"{n} NUL byte{'s' if n > 1 else ''} removed")
+    return raw.replace(b"\x00", b"")
 
 
 # Control characters (PDF text layers carry some) are invalid in XML: LightRAG's GraphML file would
@@ -139,6 +158,11 @@ def parse_file(
             with tempfile.TemporaryDirectory() as tmp:
                 clean = Path(tmp) / (Path(rel_path).stem + ".md")
                 clean.write_text(text, encoding="utf-8")
+                blocks, w, pages = parse_with_docling(clean, blobs)
+        elif kind in ("html", "csv") and b"\x00" in (raw := path.read_bytes()):
+            with tempfile.TemporaryDirectory() as tmp:
+                clean = Path(tmp) / Path(rel_path).name
+                clean.write_bytes(_drop_nul(raw, warnings))
                 blocks, w, pages = parse_with_docling(clean, blobs)
         else:
             blocks, w, pages = parse_with_docling(path, blobs, with_pdf_models=(kind == "pdf"))

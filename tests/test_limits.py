@@ -1,0 +1,364 @@
+"""Per-file parsing limits: pathological inputs fail fast with their limit, next to good files that are
+indexed, in real `mmrag ingest` runs (Docling, pypdfium2, Tesseract, the supervised parse worker)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from helpers import TEXT, cli_json, rows_by_file, store
+from mmrag.blobs import BlobStore
+from mmrag.config import Settings
+from mmrag.filetypes import detect
+from mmrag.parsing import ParseError, SkipFile, parse_file
+from mmrag.parsing.limits import LimitExceeded, Limits, markup_depth, precheck
+from mmrag.parsing.worker import ParseSupervisor, WorkerConfig, tree_rss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- generated inputs -----------------------------------------------------------------------------
+
+
+def make_pdf(path: Path, pages: int, lines: int = 40) -> Path:
+    """A real PDF with `pages` pages of Helvetica text (objects and xref written by hand)."""
+    objs: list[bytes | None] = [b"<< /Type /Catalog /Pages 2 0 R >>", None,
+                                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for p in range(pages):
+        body = b"BT /F1 11 Tf 50 780 Td 14 TL " + b"".join(
+            b"(Page %d line %d: the quick brown fox jumps over the lazy dog.) '" % (p + 1, i) for i in range(lines)) + b" ET"
+        objs.append(b"<< /Length %d >>\nstream\n" % len(body) + body + b"\nendstream")
+        objs.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                    b"/Contents %d 0 R >>" % len(objs))
+        kids.append(len(objs))
+    objs[1] = b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % pages
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, o in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def make_png(path: Path, width: int, height: int, pixels: bool = True) -> Path:
+    """A white greyscale PNG. `pixels=False`: only the header claims the size (a stub of data)."""
+    if pixels:
+        z = zlib.compressobj(9)
+        row = b"\x00" + b"\xff" * width
+        data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    else:
+        data = zlib.compress(b"\x00" * 64)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def make_zip_bomb_docx(path: Path, mb: int = 200) -> Path:
+    """A DOCX whose document.xml inflates ~1000x to `mb` MB of spaces."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/'
+                   'package/2006/content-types"/>')
+        with z.open("word/document.xml", "w", force_zip64=True) as f:
+            f.write(b'<?xml version="1.0"?><w:document xmlns:w="x"><w:body>')
+            chunk = b" " * 2**20
+            for _ in range(mb):
+                f.write(chunk)
+            f.write(b"</w:body></w:document>")
+    return path
+
+
+def deep_html(n: int = 50_000) -> str:
+    return "<html><body>" + "<div>" * n + "deep" + "</div>" * n + "</body></html>"
+
+
+def _ingest(capsys, root: Path) -> tuple[int, dict, float]:
+    t0 = time.monotonic()
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "lim")
+    return code, out, time.monotonic() - t0
+
+
+def _texts(file: str) -> str:
+    st = store()
+    rows = st.client.query(st._loaded(TEXT), filter=f'file_key == "lim:{file}"', output_fields=["text"], limit=1000)
+    return " ".join(r["text"] for r in rows)
+
+
+# -- pathological inputs next to good ones, one ingest --------------------------------------------
+
+
+def test_pathological_inputs_fail_fast_next_to_good_files(mmrag_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMRAG_MAX_PAGES", "20")
+    monkeypatch.setenv("MMRAG_PDF_PARSER", "pypdfium2")
+    root = tmp_path / "folder"
+    root.mkdir()
+    (root / "deep.html").write_text(deep_html())
+    make_zip_bomb_docx(root / "bomb.docx")
+    make_pdf(root / "pages.pdf", 50)
+    make_png(root / "huge.png", 100_000, 100_000, pixels=False)
+    (root / "nul.md").write_bytes(b"# Mallards\n\nMallards dab\x00ble at the sur\x00\x00face of shallow water.\n")
+    (root / "good.md").write_text("# Teal\n\nTeal are small dabbling ducks that feed in shallow marshes.\n")
+    (root / "good.html").write_text("<html><body><h1>Eiders</h1><p>Eiders are large sea ducks of the north."
+                                    "</p></body></html>")
+    make_pdf(root / "short.pdf", 3)
+
+    code, out, wall = _ingest(capsys, root)
+
+    failed = {f["path"]: f["error"] for f in out["failed"]}
+    assert set(failed) == {"deep.html", "bomb.docx", "pages.pdf", "huge.png"}, out
+    assert "MMRAG_MAX_NESTING" in failed["deep.html"] and "256 levels" in failed["deep.html"]
+    assert "decompression bomb" in failed["bomb.docx"] and "MMRAG_MAX_ZIP_RATIO" in failed["bomb.docx"]
+    assert failed["pages.pdf"] == "PDF has 50 pages (limit 20, MMRAG_MAX_PAGES)"
+    assert "100000 x 100000" in failed["huge.png"] and "MMRAG_MAX_IMAGE_PIXELS" in failed["huge.png"]
+    assert code == 1 and out["skipped"] == []
+    assert out["indexed"] == 4
+    indexed = {k.split(":", 1)[1] for k in rows_by_file(TEXT)}
+    assert indexed == {"nul.md", "good.md", "good.html", "short.pdf"}
+    # NUL bytes are removed (not turned into word breaks), the words they split are whole again.
+    assert "dabble at the surface" in _texts("nul.md") and "\x00" not in _texts("nul.md")
+    # Each bad file failed in its pre-check (milliseconds), not after minutes in a parser: the run
+    # costs what the four good files and the models' loading cost.
+    assert wall < 150, wall
+
+
+# -- the wall-clock limit and the memory ceiling, in real runs ------------------------------------
+
+
+def test_a_slow_file_is_stopped_and_the_next_file_is_indexed(mmrag_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMRAG_PARSE_TIMEOUT_S", "1")
+    monkeypatch.setenv("MMRAG_PDF_PARSER", "pypdfium2")
+    root = tmp_path / "folder"
+    root.mkdir()
+    make_pdf(root / "a_slow.pdf", 4000)  # about 2 ms a page with pypdfium2: seconds, legitimately
+    (root / "b_after.md").write_text("# Pintail\n\nThe northern pintail is a duck with wide geographic distribution.\n")
+
+    code, out, wall = _ingest(capsys, root)
+
+    assert out["failed"] == [{"path": "a_slow.pdf", "error": "parsing stopped after 1 s (MMRAG_PARSE_TIMEOUT_S)"}]
+    assert code == 1 and out["indexed"] == 1
+    assert set(rows_by_file(TEXT)) == {"lim:b_after.md"}  # parsed by a fresh worker after the kill
+    assert wall < 150, wall
+
+
+def test_a_file_over_the_memory_ceiling_is_stopped(mmrag_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMRAG_PARSE_MEMORY_MB", "1536")
+    monkeypatch.setenv("MMRAG_MAX_IMAGE_PIXELS", str(10**9))  # past the pre-check: the ceiling must act
+    root = tmp_path / "folder"
+    root.mkdir()
+    make_png(root / "a_big.png", 25_000, 25_000)  # 400 KB on disk, 625 MB greyscale, 1.9 GB as RGB
+    (root / "b_after.md").write_text("# Scaup\n\nThe greater scaup is a mid-sized diving duck.\n")
+
+    code, out, _ = _ingest(capsys, root)
+
+    assert out["failed"] == [{"path": "a_big.png", "error": "parser used more than 1536 MB (MMRAG_PARSE_MEMORY_MB)"}]
+    assert code == 1 and out["indexed"] == 1
+    assert set(rows_by_file(TEXT)) == {"lim:b_after.md"}
+
+
+# -- the worker itself ----------------------------------------------------------------------------
+
+
+def _sup(tmp_path, **kw) -> ParseSupervisor:
+    s = Settings.from_env().with_(pdf_parser="pypdfium2", **kw)
+    return ParseSupervisor(WorkerConfig.from_settings(s, tmp_path / "blobs"))
+
+
+def _parse(sup, path: Path):
+    return sup.parse(path, detect(path), file_key=f"t:{path.name}", source="t", rel_path=path.name,
+                     content_hash="h", sidecars=[])
+
+
+def test_a_worker_that_dies_fails_its_file_and_is_replaced(mmrag_env, tmp_path):
+    slow = make_pdf(tmp_path / "slow.pdf", 4000)
+    md = tmp_path / "ok.md"
+    md.write_text("# Wigeon\n\nWigeons graze on land more than most dabbling ducks.\n")
+    with _sup(tmp_path) as sup:
+        assert _parse(sup, md).blocks
+        first = sup.pid
+        threading.Timer(0.5, os.kill, (first, signal.SIGSEGV)).start()  # as a crash in native code would
+        with pytest.raises(ParseError, match=r"^parser process died \(signal 11\)$"):
+            _parse(sup, slow)
+        assert "Wigeons graze" in _parse(sup, md).blocks[-1].text
+        assert sup.pid != first and sup.restarts == 1
+    assert sup.pid is None
+
+
+def test_parser_errors_come_back_as_before(mmrag_env, tmp_path):
+    """SkipFile and ParseError cross the process boundary with their class and message."""
+    from mmrag.stages import FileOutcome, RawFile, parse_stage
+
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.pdf"
+    truncated.write_bytes(make_pdf(tmp_path / "whole.pdf", 30).read_bytes()[:3000])
+    blobs = BlobStore(tmp_path / "blobs")
+    with _sup(tmp_path) as sup:
+        for f in (empty, truncated):
+            raw = RawFile(f"t:{f.name}", "t", str(tmp_path), f.name, str(f), "h", f.stat().st_size, 0.0, detect(f))
+            in_process = parse_stage(raw, lambda p, d, **ident: parse_file(p, d, blobs, pdf_parser="pypdfium2", **ident))
+            supervised = parse_stage(raw, sup.parse)
+            assert isinstance(supervised, FileOutcome) and supervised == in_process
+        assert sup.restarts == 0
+        with pytest.raises(SkipFile, match="^empty file$"):
+            _parse(sup, empty)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
+def test_a_killed_ingest_leaves_no_parse_worker_behind(mmrag_env, tmp_path):
+    """SIGKILL of the parent while the worker runs Tesseract: the worker and its children go too."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (2400, 3200), 255)
+    draw = ImageDraw.Draw(img)
+    for y in range(10, 3180, 16):
+        draw.text((10, y), "mallard teal pintail wigeon gadwall shoveler " * 6, fill=0)
+    img.save(tmp_path / "text.png")  # Tesseract reads it for tens of seconds
+    pid_file = tmp_path / "worker.pid"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from mmrag.config import Settings
+        from mmrag.filetypes import detect
+        from mmrag.parsing.worker import ParseSupervisor, WorkerConfig
+        if __name__ == "__main__":
+            f = Path({str(tmp_path / "text.png")!r})
+            sup = ParseSupervisor(WorkerConfig.from_settings(Settings.from_env(), {str(tmp_path / "blobs")!r}))
+            sup._start()
+            Path({str(pid_file)!r}).write_text(str(sup.pid))
+            sup.parse(f, detect(f), file_key="t:x", source="t", rel_path=f.name, content_hash="h", sidecars=[])
+    """)
+    (tmp_path / "parent.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        children: list[int] = []
+        while not children:  # wait until the worker runs tesseract
+            assert time.monotonic() < deadline and parent.poll() is None
+            children = _children(worker)
+            time.sleep(0.05)
+        assert _running(worker) and all(_running(c) for c in children)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while (_running(worker) or any(_running(c) for c in children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(worker), "the parse worker outlived its killed parent"
+    assert not any(_running(c) for c in children), "the worker's children outlived it"
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for init to reap it: it runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_tree_rss_counts_the_children(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); time.sleep(30)"])
+    try:
+        time.sleep(1.5)
+        assert tree_rss(os.getpid()) >= tree_rss(child.pid) > 250 * 2**20
+    finally:
+        child.kill()
+        child.wait()
+    assert tree_rss(child.pid) == 0
+
+
+# -- the pre-checks and NUL bytes, without a run --------------------------------------------------
+
+
+def test_prechecks_pass_real_documents():
+    from conftest import SAMPLE
+
+    sample = REPO / "tests" / "corpus" / "sample"
+    sample = sample if sample.is_dir() else SAMPLE
+    if not sample.is_dir():
+        pytest.skip(f"no sample corpus at {sample}")
+    limits = Limits()
+    for f in sorted(sample.iterdir()):
+        precheck(f, detect(f).kind, limits)  # none of them is near a limit
+    assert markup_depth((sample / "wiki_duck.html").read_bytes()) < 40
+
+
+@pytest.mark.parametrize("markup,markdown,deep", [
+    ("<ul>" + "<li>item" * 3000 + "</ul>", False, False),  # siblings: optional end tags
+    ("<p>para" * 5000, False, False),
+    ("<table>" + "<tr><td>a<td>b" * 500 + "</table>", False, False),
+    ("<div/>x" * 2000, False, False),
+    ("<script>" + "<div>" * 1000 + "</script>", False, False),
+    ("<!--" + "<div>" * 1000 + "-->", False, False),
+    ("<ul><li>" * 200, False, True),  # nested lists
+    ("<p><b>x" * 200, False, True),  # html.parser nests these: Docling recursed for minutes on 10,000
+    ("`List<String>` and Map<K, V>, a<b and c>d\n" * 2000, True, False),  # text, not markup
+    (">" * 50_000 + " quote\n", True, True),
+    ("".join("  " * i + "- item\n" for i in range(400)), True, True),
+    ("text\n\n" + "<div>" * 2000 + "x\n", True, True),  # Docling hands HTML blocks to its HTML parser
+])
+def test_markup_depth(markup, markdown, deep):
+    assert (markup_depth(markup.encode(), markdown=markdown) > 256) == deep
+
+
+def test_precheck_limits_and_settings(tmp_path, monkeypatch):
+    for var in [v for v in os.environ if v.startswith("MMRAG_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("MMRAG_MAX_FILE_MB", "1")
+    monkeypatch.setenv("MMRAG_MAX_UNZIPPED_MB", "50")
+    s = Settings.from_env()
+    assert s.fingerprint() == Settings().fingerprint()  # limits never make indexed files stale
+    limits = Limits.from_settings(s)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * (2 * 2**20))
+    with pytest.raises(LimitExceeded, match=r"file too large: 2.0 MB \(limit 1 MB, MMRAG_MAX_FILE_MB\)"):
+        precheck(big, "text", limits)
+    precheck(big, "video", limits)  # media: bounded by time and memory, not size
+    bomb = make_zip_bomb_docx(tmp_path / "b.docx", mb=60)
+    with pytest.raises(LimitExceeded, match="MMRAG_MAX_UNZIPPED_MB"):
+        precheck(bomb, "docx", limits)
+    not_a_zip = tmp_path / "encrypted.docx"
+    not_a_zip.write_bytes(b"\xd0\xcf\x11\xe0" + b"\x00" * 600)  # an OLE container: the parser's to judge
+    precheck(not_a_zip, "docx", limits)
+
+
+def test_nul_bytes_are_removed_with_a_warning(tmp_path):
+    blobs = BlobStore(tmp_path / "blobs")
+    for name, data in [("n.md", b"# Title\n\nshel\x00duck\n"), ("n.html", b"<html><body><p>shel\x00duck</p></body></html>"),
+                       ("n.txt", b"shel\x00duck\n")]:
+        f = tmp_path / name
+        f.write_bytes(data)
+        doc = parse_file(f, detect(f), blobs, file_key=f"t:{name}", source="t", rel_path=name, content_hash="h")
+        assert "1 NUL byte removed" in doc.warnings, (name, doc.warnings)
+        assert "shelduck" in " ".join(b.text for b in doc.blocks), name
