@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-PIPELINE_VERSION = "1"
+from mmrag.ids import image_ref
+
+PIPELINE_VERSION = "2"  # 2: ids without the data dir path, bounded graph names, hashed long doc ids
 
 
 class BlockKind(str, Enum):
@@ -59,7 +61,7 @@ class Block(BaseModel):
     def content_hash(self) -> str:
         """Hash of what a description depends on: kind, text, caption and image bytes' address."""
         h = hashlib.sha256()
-        for part in (self.kind.value, self.text, self.caption, self.image_path or ""):
+        for part in (self.kind.value, self.text, self.caption, image_ref(self.image_path)):
             h.update(part.encode("utf-8", "surrogatepass"))
             h.update(b"\x00")
         return h.hexdigest()

@@ -54,16 +54,21 @@ def _say(args, msg: str) -> None:
     print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
-def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None):
+def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None, retry_failed: bool = False):
     """Bring the index in line with `root`: clean-up run for deleted files, ingest runs (ranges of
     partitions) for new, changed and stale ones. Returns (scan, run errors, files removed); the scan's
-    `error` is set (and nothing changed) when the root is missing or unreadable."""
+    `error` is set (and nothing changed) when the root is missing or unreadable.
+
+    First, runs of this instance whose process died are marked failed and their pool slots freed;
+    each run then starts once the index pool has a free slot (bounded wait, `MMRAG_SLOT_WAIT_S`)."""
+    from mmrag.runs import owner_tags, reap_dead_runs, wait_for_pool
     from mmrag.sync import contiguous_ranges, plan_sync, range_tags, scan_root
 
     scan = scan_root(root, source)
     if scan.error:
         return scan, [], 0
     instance = _instance(settings)
+    reap_dead_runs(instance, say)
 
     from mmrag.definitions import defs
     from mmrag.state import Manifest
@@ -72,17 +77,29 @@ def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: Non
     manifest.set_source(source, str(root))
     records = {r.file_key: r for r in manifest.all(source)}
     partitions = set(instance.get_dynamic_partitions("source_files"))
-    plan = plan_sync(scan, records, partitions, fingerprint=settings.fingerprint())
+    plan = plan_sync(scan, records, partitions, fingerprint=settings.fingerprint(), retry_failed=retry_failed)
     for key, (size, mtime) in plan.touched.items():
         manifest.update(key, size=size, mtime=mtime)
     say(f"{source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
         f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
     run_errors: list[tuple[list[str], str]] = []
     removed = 0
-    if plan.deleted:
+
+    def pool_free(what: str) -> str | None:
+        """Wait for the index pool; the error, if it stayed busy."""
+        try:
+            wait_for_pool(instance, "mmrag_index", settings.slot_wait_s, say)
+        except TimeoutError as e:
+            say(f"  {what}: {e}")
+            return f"TimeoutError: {e}"
+        return None
+
+    if plan.deleted and (err := pool_free("clean-up")):
+        run_errors.append((plan.deleted, err))
+    elif plan.deleted:
         job = defs.resolve_job_def("cleanup_job")
         res = job.execute_in_process(
-            instance=instance, raise_on_error=False, tags={"mmrag/launched-by": "cli"},
+            instance=instance, raise_on_error=False, tags={"mmrag/launched-by": "cli", **owner_tags()},
             run_config={**_quiet_run_config(),
                         "ops": {"remove_deleted_files": {"config": {"file_keys": plan.deleted}}}})
         if res.success:
@@ -99,8 +116,11 @@ def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: Non
     for start, end in contiguous_ranges(plan.to_run, ordered):
         keys = ordered[ordered.index(start): ordered.index(end) + 1]
         say(f"  indexing {len(keys)} files ({start} … {end})")
+        if err := pool_free("indexing"):
+            run_errors.append((keys, err))
+            continue
         res = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_quiet_run_config(),
-                                     tags={**range_tags(start, end), "mmrag/launched-by": "cli"})
+                                     tags={**range_tags(start, end), "mmrag/launched-by": "cli", **owner_tags()})
         if not res.success:
             run_errors.append((keys, _run_error(res)))
     return scan, run_errors, removed
@@ -110,7 +130,8 @@ def cmd_ingest(args) -> int:
     settings = Settings.from_env()
     root = Path(args.root).expanduser().resolve()
     source = args.source or _source_name(root)
-    scan, run_errors, removed = sync_folder(settings, root, source, lambda msg: _say(args, msg))
+    scan, run_errors, removed = sync_folder(settings, root, source, lambda msg: _say(args, msg),
+                                            retry_failed=args.retry_failed)
     if scan.error:
         print(f"mmrag: {scan.error}; nothing was changed", file=sys.stderr)
         return EXIT_BAD_ROOT
@@ -288,7 +309,10 @@ def cmd_status(args) -> int:
         sources[name] = {
             "root": root, "root_error": scan.error,
             "files": [{"path": r.rel_path, "status": r.status, "reason": r.reason, "text_rows": r.text_rows,
-                       "image_rows": r.image_rows, "parser": r.parser} for r in recs],
+                       "image_rows": r.image_rows, "parser": r.parser,
+                       # failed/partial: "content" waits for new bytes or config, "transient" is retried
+                       "failure_kind": r.failure_kind if r.status in ("failed", "partial") else None,
+                       "attempts": r.attempts, "retry_at": r.retry_at} for r in recs],
             "text_rows": sum(r.text_rows for r in recs), "image_rows": sum(r.image_rows for r in recs),
             "stale": sorted(k.partition(":")[2] for k in plan.changed + plan.stale + plan.new),
             "deleted": sorted(k.partition(":")[2] for k in plan.deleted),
@@ -301,11 +325,24 @@ def cmd_status(args) -> int:
     for name, s in sources.items():
         print(f"{name} ({s['root']}): {len(s['files'])} files, {s['text_rows']} text rows, {s['image_rows']} image rows")
         for f in s["files"]:
-            print(f"  {f['status']:8s} {f['text_rows']:5d} {f['image_rows']:3d}  {f['path']}"
+            print(f"  {_status_word(f):20s} {f['text_rows']:5d} {f['image_rows']:3d}  {f['path']}"
                   + (f"  — {f['reason'][:100]}" if f["reason"] and f["status"] != "indexed" else ""))
         if s["stale"] or s["deleted"]:
             print(f"  stale: {', '.join(s['stale']) or '-'}; deleted: {', '.join(s['deleted']) or '-'}")
     return 0
+
+
+def _status_word(f: dict) -> str:
+    """`failed (content)`, `failed (retry 14:05)`, `partial (retry due)`, or the status itself."""
+    import time
+
+    if f["status"] not in ("failed", "partial"):
+        return f["status"]
+    if f["failure_kind"] == "content":
+        return f"{f['status']} (content)"
+    at = f.get("retry_at")
+    when = "due" if not at or at <= time.time() else time.strftime("%H:%M", time.localtime(at))
+    return f"{f['status']} (retry {when})"
 
 
 def cmd_dev(args) -> int:
@@ -336,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     pi = sub.add_parser("ingest", help="sync a folder into the index (add new, re-index stale, delete gone)")
     pi.add_argument("root")
     pi.add_argument("--source", help="source name (default: the folder's name)")
+    pi.add_argument("--retry-failed", action="store_true",
+                    help="also redo files that failed (for reasons tied to their content, or transiently before "
+                         "their backoff has passed)")
     pi.add_argument("--json", action="store_true")
     from mmrag.query import MODALITIES, MODES
 

@@ -63,6 +63,11 @@ class Settings:
     max_zip_ratio: int = 100  # ... and a member's compression ratio (members over 16 MB)
     chunk_size: int = 180  # word tokens; MiniLM reads 256 word pieces
     chunk_overlap: int = 30
+    # Transient failures (model server down, timeouts; descriptions that fell back to extractive) are
+    # retried by later syncs after retry_backoff_s, doubling per attempt up to retry_backoff_max_s.
+    retry_backoff_s: float = 300.0
+    retry_backoff_max_s: float = 6 * 3600.0
+    slot_wait_s: float = 3600.0  # how long an ingest waits for a Dagster pool slot held by a live run
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -104,6 +109,9 @@ class Settings:
             max_zip_ratio=_int(env, "MMRAG_MAX_ZIP_RATIO", d.max_zip_ratio),
             chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
             chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
+            retry_backoff_s=float(env.get("MMRAG_RETRY_BACKOFF_S") or d.retry_backoff_s),
+            retry_backoff_max_s=float(env.get("MMRAG_RETRY_BACKOFF_MAX_S") or d.retry_backoff_max_s),
+            slot_wait_s=float(env.get("MMRAG_SLOT_WAIT_S") or d.slot_wait_s),
         )
 
     def with_(self, **kw) -> "Settings":
@@ -133,6 +141,10 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    def retry_at(self, attempts: int, now: float) -> float:
+        """When a file that failed transiently `attempts` times in a row is tried again."""
+        return now + min(self.retry_backoff_s * 2 ** max(0, attempts - 1), self.retry_backoff_max_s)
 
     def fingerprint(self) -> str:
         """Hash of the settings whose change makes already-indexed files stale."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from mmrag.runs import patch_claim_polling
+
 from mmrag_assets.cleanup import cleanup_job
 from mmrag_assets.jobs import ASSETS, eval_job, ingest_job
 from mmrag_assets.retrieval_eval import retrieval_eval
@@ -18,6 +20,9 @@ from mmrag_resources.stage_store import StageStore
 from mmrag_resources.whisper import WhisperResource
 from schedules.reindex import reindex_schedule
 from schedules.sensors import watch_folders
+
+patch_claim_polling()  # Dagster 1.13's in-process executor would spin while a step waits for a slot
+
 
 def default_resources() -> dict:
     return {

@@ -28,7 +28,7 @@ import json_repair
 
 from mmrag.blocks import Block, BlockKind, ParsedDocument
 from mmrag.config import PROMPT_VERSION
-from mmrag.llm import LLMClient, LLMError
+from mmrag.llm import LLMClient, LLMError, unreadable
 from mmrag.state import Manifest
 
 CACHE_NAMESPACE = "describe"
@@ -320,9 +320,11 @@ def _run_model_calls(doc: ParsedDocument, pending: list[tuple[Block, str, _Reque
                 reply = llm.describe_image(req.prompt, req.image, system=req.system)
             else:
                 reply = llm.complete(req.prompt, system=req.system)
+            if unreadable(reply):  # garbage from the server: never cached, never indexed
+                raise LLMError(f"{req.model} returned unreadable text: {reply[:60]!r}", retryable=True)
             description, entity = parse_reply(reply)
             if not description:
-                raise LLMError(f"{req.model} returned an empty description")
+                raise LLMError(f"{req.model} returned an empty description", retryable=True)
         except Exception as e:  # noqa: BLE001 - one block's failure must not fail the document
             err = e if isinstance(e, LLMError) else LLMError(f"{type(e).__name__}: {e}")
             breaker.record(err)

@@ -7,13 +7,22 @@ returning them, so chunk ids stay md5-of-content and doc-status lists them for `
 plus an entity per modal item that `belongs_to` the document. Removal follows the manifest and never
 deletes what another indexed file also holds. LightRAG's asyncio locks are process-global, so every
 GraphStore runs its coroutines on one event-loop thread; the sync API works from any thread.
+
+Writes happen in sessions (`index_files`, `remove_files`), one writer process at a time (a file
+lock beside the graph), each crash-safe (`mmrag.graph_txn`): a snapshot when it begins, a journal
+of the vectors it touches, and a commit that persists LightRAG's stores and then, in one SQLite
+transaction, the manifest's references, the files' statuses and the session's id. A session that
+did not commit is rolled back by the next one, in whatever process: nothing it wrote survives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -23,6 +32,9 @@ import numpy as np
 
 from mmrag.blocks import ParsedDocument
 from mmrag.chunking import Chunk
+from mmrag.faults import crash_point
+from mmrag.graph_txn import Snapshot, patch_atomic_writes, write_text_atomic
+from mmrag.ids import bounded_name, xml_safe
 from mmrag.state import Manifest
 from mmrag.structural_kg import build_structural_kg, modal_names
 from mmrag.lightrag_runtime import _OPEN, _Loop, _milvus_env, _SharedTokenizer, workspace_name
@@ -30,6 +42,53 @@ from mmrag.tokenize import TOKENIZER
 
 MODES = ("naive", "local", "global", "hybrid", "mix")
 REL_SEP = "\x1f"  # manifest ref of a relation: "src\x1ftgt", endpoints sorted
+MAX_DOC_ID_BYTES = 64  # ... and a chunk's document id in VARCHAR(64)
+WRITER_WAIT_S = 3600.0  # how long a write session waits for another process's session to end
+_EXTRACTION_MARK, _TUPLE_DELIM = "<|COMPLETE|>", "<|#|>"
+
+
+class GraphSessionError(RuntimeError):
+    """A write session could not keep LightRAG consistent (it was rolled back)."""
+
+
+def lr_doc_id(file_key: str) -> str:
+    """LightRAG's document id of a file: the file key, or a hash of it when the key is longer than
+    the chunk collection's `full_doc_id` field holds."""
+    if len(file_key.encode("utf-8")) <= MAX_DOC_ID_BYTES:
+        return file_key
+    return "doc-" + hashlib.md5(file_key.encode("utf-8")).hexdigest()
+
+
+class _Refs:
+    """The manifest's graph references as a write session sees them. Reads fall through to the
+    manifest; writes stay here until the session commits, so the references on disk always
+    describe the graph on disk."""
+
+    def __init__(self, manifest: Manifest):
+        self.mf, self.cleared, self.refs = manifest, set(), {}
+        self._holding: dict[tuple[str, str], set[str]] = {}  # (kind, ref) -> files holding it here
+
+    def get(self, fk: str, kind: str) -> list[str]:
+        if (fk, kind) in self.refs:
+            return list(self.refs[(fk, kind)])
+        return [] if fk in self.cleared else self.mf.graph_refs(fk, kind)
+
+    def set(self, fk: str, kind: str, values) -> None:
+        for r in self.refs.get((fk, kind), []):
+            self._holding.get((kind, r), set()).discard(fk)
+        self.refs[(fk, kind)] = sorted(set(values))
+        for r in self.refs[(fk, kind)]:
+            self._holding.setdefault((kind, r), set()).add(fk)
+
+    def clear(self, fk: str) -> None:
+        for kind in [k for f, k in self.refs if f == fk]:
+            self.set(fk, kind, [])
+            del self.refs[(fk, kind)]
+        self.cleared.add(fk)
+
+    def holders(self, kind: str, ref: str) -> list[str]:
+        out = {fk for fk in self.mf.ref_holders(kind, ref) if (fk, kind) not in self.refs and fk not in self.cleared}
+        return sorted(out | self._holding.get((kind, ref), set()))
 
 
 def chunk_text(text: str) -> str:
@@ -58,6 +117,10 @@ class GraphStore:
         self._pending: dict[str, list[dict]] = {}
         self._known_vectors: dict[str, np.ndarray] = {}
         self._rag = None
+        self.snapshot = Snapshot(self.working_dir / self.workspace)
+        self._refs: _Refs | None = None  # set during a write session
+        self._txn: str | None = None
+        self._loaded_txn: str | None = None  # the committed session whose stores this process holds
 
     def rebind(self, embed_fn: Callable, llm: Any, manifest: Manifest) -> None:
         """Swap embedder, LLM and manifest; the open LightRAG instance is kept."""
@@ -75,8 +138,11 @@ class GraphStore:
                 if _OPEN.get(self.workspace, self.working_dir) != self.working_dir:
                     raise ValueError(f"workspace {self.workspace!r} is open on {_OPEN[self.workspace]} in this "
                                      "process; LightRAG shares in-memory stores per workspace")
+                patch_atomic_writes()
+                self._loaded_txn = self.manifest.committed_graph_txn(self.workspace)
                 with _milvus_env(self.milvus_uri, self.milvus_token, self.milvus_db):
                     self._rag = self.run(self._aopen())
+                self._journal_vector_writes(self._rag)
                 _OPEN[self.workspace] = self.working_dir
             return self._rag
 
@@ -101,6 +167,38 @@ class GraphStore:
         await initialize_pipeline_status(workspace=self.workspace)  # idempotent (1.4.16 does it above too)
         return rag
 
+    def _journal_vector_writes(self, rag) -> None:
+        """Every upsert/delete on LightRAG's vector stores notes the ids it touches in the session's
+        journal before Milvus sees it, so a roll-back knows which vectors to rewrite or drop."""
+        from lightrag.utils import compute_mdhash_id
+
+        record = self.snapshot.record
+        for ns, vdb in (("entities", rag.entities_vdb), ("relationships", rag.relationships_vdb),
+                        ("chunks", rag.chunks_vdb)):
+            upsert, delete = vdb.upsert, vdb.delete
+
+            async def j_upsert(data, _f=upsert, _ns=ns):
+                record({"ns": _ns, "ids": list(data or {})})
+                return await _f(data)
+
+            async def j_delete(ids, _f=delete, _ns=ns):
+                record({"ns": _ns, "ids": list(ids or [])})
+                return await _f(ids)
+
+            vdb.upsert, vdb.delete = j_upsert, j_delete
+        ent_delete, rel_delete = rag.entities_vdb.delete_entity, rag.relationships_vdb.delete_entity_relation
+
+        async def j_delete_entity(name, _f=ent_delete):
+            record({"ns": "entities", "ids": [compute_mdhash_id(name, prefix="ent-")]})
+            return await _f(name)
+
+        async def j_delete_entity_relation(name, _f=rel_delete):
+            record({"ns": "entity_relations", "ids": [name]})
+            return await _f(name)
+
+        rag.entities_vdb.delete_entity = j_delete_entity
+        rag.relationships_vdb.delete_entity_relation = j_delete_entity_relation
+
     async def _aembed(self, texts: list[str]) -> np.ndarray:
         def call():
             # Chunk texts were embedded by the embeddings stage already: reuse those vectors.
@@ -115,10 +213,24 @@ class GraphStore:
         return await asyncio.to_thread(call)
 
     async def _allm(self, prompt: str, system_prompt: str | None = None, history_messages=None, **kw: Any) -> str:
+        """LightRAG's model function. A reply that cannot be right is refused here (so LightRAG
+        neither caches nor merges it): a reply with characters no model writes (C0 controls: they also
+        make GraphML unwritable), or an extraction reply with none of LightRAG's delimiters, fails the
+        file (transient: the next sync asks again)."""
         kw.pop("hashing_kv", None)
         if self.llm is None:
             raise RuntimeError("LightRAG asked for an LLM, but this graph store has none (structural mode)")
-        return await self.llm.acomplete(prompt, system_prompt=system_prompt, history_messages=history_messages or [], **kw)
+        from mmrag.llm import LLMError, unreadable
+
+        reply = await self.llm.acomplete(prompt, system_prompt=system_prompt, history_messages=history_messages or [], **kw)
+        if unreadable(reply or ""):
+            raise LLMError(f"the model's reply is unreadable (control characters): {(reply or '')[:60]!r}", retryable=True)
+        asked = (system_prompt or "") + prompt
+        if _EXTRACTION_MARK in asked:
+            if _EXTRACTION_MARK not in reply and _TUPLE_DELIM not in reply:
+                raise LLMError(f"the model's extraction reply is not in LightRAG's format: {reply[:80]!r}", retryable=True)
+            return _bound_extraction(reply)
+        return reply
 
     def _chunking(self, tokenizer, content, split_by, split_only, overlap, size):
         if content in self._pending:  # our chunks for the document being inserted
@@ -126,6 +238,111 @@ class GraphStore:
         from lightrag.operate import chunking_by_token_size
         return chunking_by_token_size(tokenizer, content, split_by, split_only, overlap, size)
 
+    # -- write sessions ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writer(self):
+        """One writing process per graph (a file lock, freed by the OS if the process dies), then
+        repair what a session that did not finish left, and reload stores another process committed."""
+        lock_path = self.working_dir / f".{self.workspace}.writer.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + WRITER_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise GraphSessionError(f"another process kept the graph at {self.working_dir} busy for "
+                                                f"{WRITER_WAIT_S:.0f} s") from None
+                    time.sleep(0.5)
+            self._recover()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _recover(self) -> None:
+        self.snapshot.clear_incomplete()
+        if self.snapshot.exists:
+            txn = self.snapshot.txn
+            if txn is not None and self.manifest.committed_graph_txn(self.workspace) == txn:
+                self.snapshot.end()  # it committed; only the snapshot was left
+            else:
+                logging.getLogger(__name__).warning(
+                    f"graph {self.workspace}: a write session did not finish; rolling it back")
+                self._rollback()
+        if self._rag is not None and self.manifest.committed_graph_txn(self.workspace) != self._loaded_txn:
+            self._close_rag()  # another process committed since these stores were loaded: reload
+
+    def _begin(self) -> None:
+        self.rag  # noqa: B018
+        self._txn = self.snapshot.begin()
+        self._refs = _Refs(self.manifest)
+
+    def _commit(self, updates: dict[str, dict] | None = None, deletes: list[str] = ()) -> None:
+        """Persist LightRAG's stores (each file written aside, then renamed), then the manifest's side
+        in one transaction that also records the session as committed; then drop the snapshot."""
+        self.run(self._rag._insert_done())
+        crash_point("graph-persisted")
+        refs = self._refs
+        self.manifest.commit_graph(self.workspace, self._txn, refs.cleared, refs.refs, updates, list(deletes))
+        crash_point("graph-committed")
+        self._loaded_txn = self._txn
+        self.snapshot.end()
+        self._refs = self._txn = None
+
+    def _rollback(self) -> None:
+        """Back to the last commit: drop the in-memory stores, restore the files from the snapshot,
+        rewrite or delete every vector the session touched, drop the snapshot (idempotent)."""
+        self._refs = self._txn = None
+        self._close_rag()
+        self.snapshot.restore_files()
+        journal = self.snapshot.journal()
+        self.rag  # noqa: B018  (reopen on the restored files)
+        self.run(self._areconcile(journal))
+        self.snapshot.end()
+
+    async def _areconcile(self, journal: dict[str, set[str]]) -> None:
+        from lightrag.utils import compute_mdhash_id, make_relation_vdb_ids
+        rag = self._rag
+        nxg = await rag.chunk_entity_relation_graph._get_graph()
+        if journal["entities"]:
+            by_id = {compute_mdhash_id(n, prefix="ent-"): n for n in nxg.nodes}
+            keep = {i: by_id[i] for i in journal["entities"] if i in by_id}
+            if gone := sorted(journal["entities"] - set(keep)):
+                await rag.entities_vdb.delete(gone)
+            await rag.entities_vdb.upsert({i: _entity_payload(n, nxg.nodes[n]) for i, n in keep.items()})
+        edges: dict[str, tuple[str, str]] = {}
+        if journal["relationships"] or journal["entity_relations"]:
+            for a, b in nxg.edges:
+                ids = make_relation_vdb_ids(a, b)
+                edges[ids[0]] = tuple(sorted((a, b)))
+        rel_ids = set(journal["relationships"])
+        for name in journal["entity_relations"]:
+            if name in nxg:
+                rel_ids |= {make_relation_vdb_ids(name, other)[0] for other in nxg.neighbors(name)}
+        if rel_ids:
+            keep_rel = {i: edges[i] for i in rel_ids if i in edges}
+            if gone := sorted(rel_ids - set(keep_rel)):
+                await rag.relationships_vdb.delete(gone)
+            await rag.relationships_vdb.upsert({i: _relation_payload(a, b, nxg.edges[a, b])
+                                                for i, (a, b) in keep_rel.items()})
+        if journal["chunks"]:
+            ids = sorted(journal["chunks"])
+            recs = dict(zip(ids, await rag.text_chunks.get_by_ids(ids)))
+            if gone := [i for i in ids if not recs[i]]:
+                await rag.chunks_vdb.delete(gone)
+            await rag.chunks_vdb.upsert({i: r for i, r in recs.items() if r})
+
+    def _close_rag(self) -> None:
+        if self._rag is not None:
+            with contextlib.suppress(Exception):
+                self.run(self._aclose())
+            self._rag = None
+            _OPEN.pop(self.workspace, None)
+
+    # -- indexing -----------------------------------------------------------------------------------
     def index_file(self, file_key: str, doc: ParsedDocument, chunks: list[Chunk]) -> dict:
         """Replace the file's contributions with a fresh graph of `chunks`; returns stats."""
         result = self.index_files([(file_key, doc, chunks)])[file_key]
@@ -134,56 +351,70 @@ class GraphStore:
         return result
 
     def index_files(self, batch: list[tuple[str, ParsedDocument, list[Chunk]]], persist_every: int = 25,
-                    known_vectors: dict[str, np.ndarray] | None = None) -> dict[str, dict | Exception]:
+                    known_vectors: dict[str, np.ndarray] | None = None,
+                    on_commit: Callable[[dict], dict[str, dict]] | None = None) -> dict[str, dict | Exception]:
         """`index_file` for the files of a run: {file key: stats, or the exception that file raised}.
 
         LightRAG writes every store to disk (the whole GraphML file included) after each insert and
-        delete, which costs O(graph size) per file; here the writes happen once per `persist_every`
-        files and at the end, so a crash loses at most that many files' graph updates (their
-        partitions stay stale and are redone). `known_vectors` maps chunk texts to the vectors the
-        embeddings stage computed, so LightRAG does not embed them again."""
-        with self._lock:
-            self.rag  # noqa: B018  (open before entering the loop)
+        delete, which costs O(graph size) per file; here the files are committed in sessions of
+        `persist_every`, so a crash loses at most that many files' graph updates (they stay stale
+        and are redone). `on_commit(results of the session)` returns manifest fields per file (their
+        statuses), written in the session's commit. `known_vectors` maps chunk texts to the vectors
+        the embeddings stage computed, so LightRAG does not embed them again."""
+        results: dict[str, dict | Exception] = {}
+        with self._lock, self._writer():
             self._known_vectors = {chunk_text(t): np.asarray(v, dtype=np.float32) for t, v in (known_vectors or {}).items()}
             try:
-                results = self.run(self._aindex_many(batch, persist_every))
+                for start in range(0, len(batch), max(1, persist_every)):
+                    part = batch[start: start + max(1, persist_every)]
+                    self._begin()
+                    try:
+                        done = self.run(self._aindex_many(part))
+                        self._commit(on_commit(done) if on_commit else None)
+                    except BaseException:
+                        self._rollback()
+                        raise
+                    results.update(done)
             finally:
                 self._known_vectors = {}
             nodes, edges = self.stats()
-            for r in results.values():
-                if isinstance(r, dict):
-                    r["nodes"], r["edges"] = nodes, edges
-            return results
+        for r in results.values():
+            if isinstance(r, dict):
+                r["nodes"], r["edges"] = nodes, edges
+        return results
 
     def _llm_identity(self) -> str:
         return f"{getattr(self.llm, 'base_url', '')}|{getattr(self.llm, 'model', type(self.llm).__name__)}"
 
     async def _cache_for_current_llm(self) -> None:
         """LightRAG keys its LLM response cache by prompt alone: after a model change it would hand
-        back the old model's extractions. The model that filled the cache is noted beside the
-        graph; when another model extracts, the cache is dropped first."""
+        back the old model's extractions. The model that filled the cache is noted in the graph's
+        folder (so a session's roll-back restores it with the cache); when another model extracts,
+        the cache is dropped first."""
         if self.llm is None:
             return
-        marker = self.working_dir / f"{self.workspace}.llm-cache-model"
+        marker = self.snapshot.ws_dir / "mmrag-llm-cache-model"
+        legacy = self.working_dir / f"{self.workspace}.llm-cache-model"
         ident = self._llm_identity()
-        old = marker.read_text(encoding="utf-8") if marker.exists() else None
-        if old == ident:
+        old = next((p.read_text(encoding="utf-8") for p in (marker, legacy) if p.exists()), None)
+        if old == ident and marker.exists():
             return
-        if old is not None:
+        if old is not None and old != ident:
             await self._rag.llm_response_cache.drop()
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(ident, encoding="utf-8")
+        write_text_atomic(marker, ident)
 
-    async def _aindex_many(self, batch, persist_every: int) -> dict:
+    async def _aindex_many(self, batch) -> dict:
         await self._cache_for_current_llm()
         results: dict[str, dict | Exception] = {}
-        for start in range(0, len(batch), max(1, persist_every)):
-            async with self._persist_once():
-                for fk, doc, chunks in batch[start : start + persist_every]:
-                    try:
-                        results[fk] = await self._aindex_one(fk, doc, chunks)
-                    except Exception as e:  # one file's failure must not stop the others
-                        results[fk] = e
+        async with self._persist_deferred():
+            for fk, doc, chunks in batch:
+                try:
+                    results[fk] = await self._aindex_one(fk, doc, chunks)
+                except GraphSessionError:
+                    raise
+                except Exception as e:  # one file's failure must not stop the others
+                    results[fk] = e
         return results
 
     async def _aindex_one(self, fk: str, doc: ParsedDocument, chunks: list[Chunk]) -> dict:
@@ -193,42 +424,56 @@ class GraphStore:
         if not items:
             return {"mode": "none", "chunks": 0, "entities": 0, "relations": 0}
         ids = [chunk_id(t) for _, t in items]
-        self.manifest.set_graph_refs(fk, "doc", [fk])  # before writing: a failure can clean up
-        self.manifest.set_graph_refs(fk, "chunk", sorted(set(ids)))
+        self._refs.set(fk, "doc", [lr_doc_id(fk)])  # before writing: a failure can clean up
+        self._refs.set(fk, "chunk", ids)
         try:
             build = self._aindex_llm if self.llm is not None else self._aindex_structural
             stats = await build(fk, doc, items, ids)
-        except BaseException:
-            with contextlib.suppress(Exception):
+            crash_point("graph")
+        except BaseException as e:
+            try:
                 await self._aremove(fk)
+            except Exception as cleanup:  # the in-memory stores may now hold part of this file
+                raise GraphSessionError(f"could not clean up after {fk} failed ({e}): {cleanup}") from cleanup
             raise
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         return stats
 
     @contextlib.asynccontextmanager
-    async def _persist_once(self):
-        """Within the block, LightRAG's per-operation `_insert_done` (persist every store) only
-        records that a write is due; one real write happens on exit."""
+    async def _persist_deferred(self):
+        """Within the block, LightRAG's per-operation `_insert_done` (persist every store) does
+        nothing; the session's commit persists once."""
         rag = self._rag
-        due = False
 
         async def deferred(*_a, **_k) -> None:
-            nonlocal due
-            due = True
+            return None
 
         rag._insert_done = deferred  # shadows the bound method on this instance only
         try:
             yield
         finally:
             del rag._insert_done
-            if due:
-                await rag._insert_done()
 
     def remove_file(self, file_key: str) -> dict:
         """Remove what this file alone contributed; idempotent, a no-op for an unknown file."""
-        with self._lock:
-            self.rag  # noqa: B018  (open it here, not inside the loop)
-            return self.run(self._aremove(file_key))
+        return self.remove_files([file_key])[file_key]
+
+    def remove_files(self, file_keys: list[str], drop_records: bool = False) -> dict[str, dict]:
+        """Remove the files' contributions in one session; with `drop_records`, their manifest entries
+        go in the same commit (the clean-up of deleted files)."""
+        with self._lock, self._writer():
+            self._begin()
+            try:
+                out = self.run(self._aremove_many(file_keys))
+                self._commit(deletes=file_keys if drop_records else ())
+            except BaseException:
+                self._rollback()
+                raise
+            return out
+
+    async def _aremove_many(self, file_keys: list[str]) -> dict[str, dict]:
+        async with self._persist_deferred():
+            return {fk: await self._aremove(fk) for fk in file_keys}
 
     def stats(self) -> tuple[int, int]:
         """(nodes, edges) of the graph."""
@@ -276,61 +521,61 @@ class GraphStore:
 
     async def _aindex_structural(self, fk: str, doc: ParsedDocument, items: list, ids: list[str]) -> dict:
         ents, rels, xrefs, src = build_structural_kg(fk, doc, items)
-        self.manifest.set_graph_refs(fk, "entity", sorted(ents))
-        self.manifest.set_graph_refs(fk, "relation", sorted(REL_SEP.join(k) for k in rels))
+        self._refs.set(fk, "entity", sorted(ents))
+        self._refs.set(fk, "relation", sorted(REL_SEP.join(k) for k in rels))
         rag = self._rag
         before = dict(zip(ids, await rag.text_chunks.get_by_ids(ids)))
         kg_chunks = [{"content": t, "source_id": src[c.id], "file_path": fk, "chunk_order_index": i}
                      for i, (c, t) in enumerate(items)]
         await rag.ainsert_custom_kg({"chunks": kg_chunks, "entities": list(ents.values()),
-                                     "relationships": list(rels.values())}, full_doc_id=fk)
+                                     "relationships": list(rels.values())}, full_doc_id=lr_doc_id(fk))
         # ainsert_custom_kg rewrites chunk records: keep the LLM-cache links an LLM-indexed sharer needs
         keep = {k: v["llm_cache_list"] for k, v in before.items() if v and v.get("llm_cache_list")}
         if keep:
             now = dict(zip(keep, await rag.text_chunks.get_by_ids(list(keep))))
             await rag.text_chunks.upsert({k: {**now[k], "llm_cache_list": keep[k]} for k in keep if now[k]})
-            await rag.text_chunks.index_done_callback()
         return {"mode": "structural", "chunks": len(set(ids)), "entities": len(ents), "relations": len(rels),
                 "cross_refs": xrefs}
 
     async def _aindex_llm(self, fk: str, doc: ParsedDocument, items: list, ids: list[str]) -> dict:
         from lightrag.constants import GRAPH_FIELD_SEP
-        rag, full = self._rag, chunk_text("\n\n".join(t for _, t in items))
+        rag, full, doc_id = self._rag, chunk_text("\n\n".join(t for _, t in items)), lr_doc_id(fk)
         self._pending[full] = [{"content": t, "tokens": TOKENIZER.count(t), "chunk_order_index": i}
                                for i, (_, t) in enumerate(items)]
         try:
-            await rag.ainsert(full, ids=[fk], file_paths=[fk])
+            await rag.ainsert(full, ids=[doc_id], file_paths=[fk])
         finally:
             self._pending.pop(full, None)
-        st = await rag.doc_status.get_by_id(fk) or {}
+        st = await rag.doc_status.get_by_id(doc_id) or {}
         if st.get("status") != "processed":  # the pipeline records failures instead of raising
             raise RuntimeError(f"LightRAG could not index {fk}: {st.get('error_msg') or st.get('status')}")
-        extracted = list((await rag.full_entities.get_by_id(fk) or {}).get("entity_names", []))
-        pairs = [tuple(sorted(p)) for p in (await rag.full_relations.get_by_id(fk) or {}).get("relation_pairs", [])]
+        extracted = list((await rag.full_entities.get_by_id(doc_id) or {}).get("entity_names", []))
+        pairs = [tuple(sorted(p)) for p in (await rag.full_relations.get_by_id(doc_id) or {}).get("relation_pairs", [])]
         from_chunk: dict[str, list[str]] = {}
         for name, node in (await rag.chunk_entity_relation_graph.get_nodes_batch(extracted)).items():
             for cid in (node.get("source_id") or "").split(GRAPH_FIELD_SEP):
                 from_chunk.setdefault(cid, []).append(name)
         id_of = {c.id: i for (c, _), i in zip(items, ids)}
         chunk_of = {bid: c for c, _ in items for bid in c.block_ids}
-        nodes = {fk: {"entity_type": "document", "description": f"Document '{doc.title}' ({doc.rel_path})",
-                      "source_id": ids[0]}}
+        doc_node = bounded_name(fk)
+        nodes = {doc_node: {"entity_type": "document", "description": xml_safe(f"Document '{doc.title}' ({doc.rel_path})"),
+                            "source_id": ids[0]}}
         edges: dict[tuple[str, str], dict] = {}
         modal = modal_names(fk, doc)
         for b in doc.modal_blocks():
             if (c := chunk_of.get(b.id)) is None:
                 continue
             cid, info = id_of[c.id], b.meta.get("entity") or {}
-            name = f"{fk} | {info['entity_name']}" if info.get("entity_name") else modal[b.id][0]
-            nodes[name] = {"entity_type": info.get("entity_type") or b.kind.value, "source_id": cid,
-                           "description": info.get("summary") or b.description or b.searchable_text()}
-            edges[(name, fk)] = {"keywords": "belongs_to", "description": f"{name} belongs to {fk}", "source_id": cid}
+            name = bounded_name(f"{fk} | {info['entity_name']}" if info.get("entity_name") else modal[b.id][0])
+            nodes[name] = {"entity_type": xml_safe(str(info.get("entity_type") or b.kind.value))[:64], "source_id": cid,
+                           "description": xml_safe(info.get("summary") or b.description or b.searchable_text())}
+            edges[(name, doc_node)] = {"keywords": "belongs_to", "description": f"{name} belongs to {doc_node}", "source_id": cid}
             for e in from_chunk.get(cid, []):  # RAG-Anything: entities of its description belong to it
                 if e != name:
                     edges[(e, name)] = {"keywords": "belongs_to", "description": f"{e} belongs to {name}", "source_id": cid}
         await self._write_kg(fk, nodes, edges)
-        self.manifest.set_graph_refs(fk, "entity", sorted(set(extracted) | set(nodes)))
-        self.manifest.set_graph_refs(fk, "relation", sorted({REL_SEP.join(sorted(k)) for k in [*pairs, *edges]}))
+        self._refs.set(fk, "entity", sorted(set(extracted) | set(nodes)))
+        self._refs.set(fk, "relation", sorted({REL_SEP.join(sorted(k)) for k in [*pairs, *edges]}))
         return {"mode": "llm", "chunks": len(set(ids)), "entities": len(set(extracted) | set(nodes)),
                 "relations": len({tuple(sorted(k)) for k in [*pairs, *edges]})}
 
@@ -348,24 +593,25 @@ class GraphStore:
             "content": f"{n}\n{d['description']}", "entity_name": n, "file_path": fk, **d} for n, d in nodes.items()})
         await rag.relationships_vdb.upsert({make_relation_vdb_ids(a, b)[0]: {
             "src_id": min(a, b), "tgt_id": max(a, b), "source_id": d["source_id"], "file_path": fk,
-            "content": f"{d['keywords']}\t{a}\n{b}\n{d['description']}"} for (a, b), d in edges.items()})
-        await rag._insert_done()
+            "content": f"{d['keywords']}\t{min(a, b)}\n{max(a, b)}\n{d['description']}"} for (a, b), d in edges.items()})
 
     async def _aremove(self, fk: str) -> dict:
         from lightrag.utils import compute_mdhash_id, make_relation_chunk_key, make_relation_vdb_ids
-        rag, mf = self._rag, self.manifest
-        others = lambda kind, ref: [h for h in mf.ref_holders(kind, ref) if h != fk]  # noqa: E731
-        chunks = set(mf.graph_refs(fk, "chunk"))
+        rag, refs = self._rag, self._refs
+        others = lambda kind, ref: [h for h in refs.holders(kind, ref) if h != fk]  # noqa: E731
+        chunks = set(refs.get(fk, "chunk"))
         shared = {c: h for c in chunks if (h := others("chunk", c))}
-        if st := await rag.doc_status.get_by_id(fk):  # LLM path: LightRAG deletes and rebuilds
-            keep = [c for c in st.get("chunks_list") or [] if c not in shared]
-            await rag.doc_status.upsert({fk: {**st, "chunks_list": keep, "chunks_count": len(keep)}})
-            res = await rag.adelete_by_doc_id(fk)
-            if res.status not in ("success", "not_found"):
-                raise RuntimeError(f"LightRAG could not delete {fk}: {res.message}")
+        for doc_id in dict.fromkeys([lr_doc_id(fk), fk]):  # the key itself: indexes before hashed ids
+            if st := await rag.doc_status.get_by_id(doc_id):  # LLM path: LightRAG deletes and rebuilds
+                keep = [c for c in st.get("chunks_list") or [] if c not in shared]
+                await rag.doc_status.upsert({doc_id: {**st, "chunks_list": keep, "chunks_count": len(keep)}})
+                res = await rag.adelete_by_doc_id(doc_id)
+                if res.status not in ("success", "not_found"):
+                    raise RuntimeError(f"LightRAG could not delete {fk}: {res.message}")
         g = rag.chunk_entity_relation_graph
-        ents = sorted(await g.has_nodes_batch([e for e in mf.graph_refs(fk, "entity") if not others("entity", e)]))
-        pairs = {tuple(r.split(REL_SEP)) for r in mf.graph_refs(fk, "relation") if not others("relation", r)}
+        mine = [e for e in refs.get(fk, "entity") if not others("entity", e)]
+        ents = sorted(await g.has_nodes_batch(mine))
+        pairs = {tuple(r.split(REL_SEP)) for r in refs.get(fk, "relation") if not others("relation", r)}
         for es in (await g.get_nodes_edges_batch(ents)).values():  # edges of deleted nodes go too
             pairs |= {tuple(sorted(e)) for e in es or []}
         if pairs:
@@ -382,10 +628,39 @@ class GraphStore:
             await rag.text_chunks.delete(gone)
         for cid, holders in shared.items():  # a surviving shared chunk now belongs to another file
             rec = await rag.text_chunks.get_by_id(cid)
-            if rec and rec.get("full_doc_id") == fk:
-                rec = {k: v for k, v in rec.items() if k != "_id"} | {"full_doc_id": holders[0], "file_path": holders[0]}
+            if rec and rec.get("full_doc_id") in (fk, lr_doc_id(fk)):
+                rec = {k: v for k, v in rec.items() if k != "_id"} | {"full_doc_id": lr_doc_id(holders[0]),
+                                                                     "file_path": holders[0]}
                 await rag.text_chunks.upsert({cid: rec})
                 await rag.chunks_vdb.upsert({cid: rec})
-        await rag._insert_done()
-        mf.clear_graph_refs(fk)
+        refs.clear(fk)
         return {"entities": len(ents), "relations": len(pairs), "chunks": len(gone), "kept_shared": len(shared)}
+
+
+def _bound_extraction(reply: str) -> str:
+    """Entity names in an extraction reply cut to what LightRAG's Milvus collections hold (LightRAG
+    cuts them to 256 characters, which can be 1,024 bytes): one overlong name never fails a file."""
+    out = []
+    for line in reply.split("\n"):
+        fields = line.split(_TUPLE_DELIM)
+        kind = fields[0].strip().strip('("').lower()
+        if kind == "entity" and len(fields) > 1:
+            fields[1] = bounded_name(fields[1])
+        elif kind in ("relation", "relationship") and len(fields) > 2:
+            fields[1], fields[2] = bounded_name(fields[1]), bounded_name(fields[2])
+        out.append(_TUPLE_DELIM.join(fields))
+    return "\n".join(out)
+
+
+def _entity_payload(name: str, data: dict) -> dict:
+    """An entity's record in LightRAG's vector store, as LightRAG writes it (content = name + description)."""
+    desc = data.get("description", "")
+    return {"content": f"{name}\n{desc}", "entity_name": name, "source_id": data.get("source_id", ""),
+            "description": desc, "entity_type": data.get("entity_type", ""), "file_path": data.get("file_path", "")}
+
+
+def _relation_payload(a: str, b: str, data: dict) -> dict:
+    src, tgt = sorted((a, b))
+    kw, desc = data.get("keywords", ""), data.get("description", "")
+    return {"src_id": src, "tgt_id": tgt, "source_id": data.get("source_id", ""), "content": f"{kw}\t{src}\n{tgt}\n{desc}",
+            "keywords": kw, "description": desc, "weight": data.get("weight", 1.0), "file_path": data.get("file_path", "")}

@@ -16,6 +16,7 @@ import io
 import json
 import mimetypes
 import random
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -43,6 +44,15 @@ class LLMError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+_UNREADABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+
+
+def unreadable(text: str) -> bool:
+    """A reply no model writes on purpose: empty, or holding C0 control characters or noncharacters
+    (a broken server, a wrong decoding). Such a reply is refused, never cached or indexed."""
+    return not text.strip() or _UNREADABLE.search(text) is not None or text.count("\ufffd") > max(2, len(text) // 100)
 
 
 class _BadReply(Exception):
@@ -253,6 +263,8 @@ class LLMClient:
             msg = getattr(choices[0], "message", None)
             content = getattr(msg, "content", None)
             if isinstance(content, str) and content.strip():
+                if unreadable(content):  # a broken reply: retried like a malformed one
+                    raise _BadReply(f"unreadable reply (control characters): {content[:60]!r}")
                 return content
             reason = getattr(choices[0], "finish_reason", None)
             raise LLMError(f"{model} returned no text (finish_reason={reason})", retryable=False)

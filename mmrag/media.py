@@ -25,7 +25,11 @@ def hms(seconds: float) -> str:
 
 
 class MediaError(RuntimeError):
-    """The media file cannot be decoded (or a required tool is missing)."""
+    """The media file cannot be decoded (or, `transient`, a required tool is missing)."""
+
+    def __init__(self, message: str = "", transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Transcriber:
                                  float(info.language_probability or 0.0))
             else:
                 if shutil.which("ffmpeg") is None:
-                    raise MediaError("ffmpeg is not installed (Debian package: ffmpeg); openai-whisper needs it")
+                    raise MediaError("ffmpeg is not installed (Debian package: ffmpeg); openai-whisper needs it", transient=True)
                 res = self._get().transcribe(str(path), fp16=False, condition_on_previous_text=False,
                                              language=self.language)
                 segments = [Segment(float(s["start"]), float(s["end"]), s["text"].strip()) for s in res["segments"]]
@@ -113,7 +117,7 @@ class Transcriber:
 
 def _need_ffmpeg() -> None:
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        raise MediaError("ffmpeg is not installed (Debian package: ffmpeg)")
+        raise MediaError("ffmpeg is not installed (Debian package: ffmpeg)", transient=True)
 
 
 def probe(path: Path) -> dict:

@@ -16,7 +16,7 @@ from mmrag.blobs import BlobStore
 from mmrag.blocks import PIPELINE_VERSION, BlockKind, ParsedDocument
 from mmrag.chunking import Chunk, chunk_document
 from mmrag.filetypes import Detected, detect
-from mmrag.ids import row_id
+from mmrag.ids import image_ref, row_id
 
 
 # A warning with this prefix marks a file indexed with extractive descriptions because the model
@@ -34,6 +34,7 @@ class FileOutcome:
     content_hash: str | None = None
     size: int | None = None
     mtime: float | None = None
+    failure_kind: str = "content"  # "content": redone when the bytes or config change; "transient": retried
 
 
 @dataclass
@@ -107,7 +108,8 @@ def parse_stage(raw: RawFile | FileOutcome, parse) -> ParsedDocument | FileOutco
     except SkipFile as e:
         return FileOutcome(raw.file_key, "skipped", str(e), **meta)
     except ParseError as e:
-        return FileOutcome(raw.file_key, "failed", str(e), **meta)
+        return FileOutcome(raw.file_key, "failed", str(e), **meta,
+                           failure_kind="transient" if getattr(e, "transient", False) else "content")
     except Exception as e:  # a parser bug on one file must not stop the other files of the run
         return FileOutcome(raw.file_key, "failed", f"parser crashed: {type(e).__name__}: {e}", **meta)
 
@@ -147,7 +149,7 @@ def milvus_rows(emb: EmbeddedFile):
 
     def make(c: Chunk, vec) -> Row:
         return Row(
-            id=row_id(doc.file_key, c.id, c.content_hash + (c.image_path or "")),
+            id=row_id(doc.file_key, c.id, c.content_hash + image_ref(c.image_path)),
             file_key=doc.file_key, source=doc.source, modality=c.modality, text=c.text,
             vector=[float(x) for x in vec], page=-1 if c.page is None else c.page, bbox=c.bbox,
             t_start=-1.0 if c.t_start is None else c.t_start, t_end=-1.0 if c.t_end is None else c.t_end,

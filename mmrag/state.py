@@ -1,8 +1,14 @@
 """The index manifest: what each source file's partition holds, and small caches.
 
 One SQLite file under the data dir. It records per file the content hash, the config fingerprint
-it was indexed with, its outcome (indexed / skipped / failed, with the reason), its row counts and
-its graph contributions. Staleness, `mmrag status` and clean-up read it; it needs no Dagster.
+it was indexed with, its outcome, its row counts and its graph contributions. Staleness,
+`mmrag status` and clean-up read it; it needs no Dagster.
+
+Statuses: `pending` (registered, never run), `indexing` (its Milvus rows are written, its graph
+step has not committed: stale until it does), `indexed`, `partial` (indexed, some descriptions
+extractive after model errors), `skipped`, `failed`. A failure has a kind: `content` (tied to the
+file's bytes: redone only when they or the config fingerprint change) or `transient` (model server
+down, timeouts: retried across syncs with backoff, `retry_at`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ CREATE TABLE IF NOT EXISTS files (
     parser TEXT,
     text_rows INTEGER DEFAULT 0,
     image_rows INTEGER DEFAULT 0,
-    updated_at REAL
+    updated_at REAL,
+    failure_kind TEXT,
+    attempts INTEGER DEFAULT 0,
+    retry_at REAL
 );
 CREATE TABLE IF NOT EXISTS kv_cache (
     namespace TEXT NOT NULL,
@@ -49,12 +58,21 @@ CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY,
     root TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS graph_commits (
+    workspace TEXT PRIMARY KEY,
+    txn TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS graph_refs_ref ON graph_refs(kind, ref);
 """
+# Columns added after the first release: ALTERed into older manifests when they are opened.
+_ADDED_COLUMNS = {"failure_kind": "TEXT", "attempts": "INTEGER DEFAULT 0", "retry_at": "REAL"}
+
+CONTENT, TRANSIENT = "content", "transient"  # failure kinds
+DONE = ("indexed", "partial", "skipped", "failed")  # statuses a finished run leaves
 
 FILE_COLUMNS = (
     "file_key source root rel_path content_hash size mtime mime status reason fingerprint parser "
-    "text_rows image_rows updated_at"
+    "text_rows image_rows updated_at failure_kind attempts retry_at"
 ).split()
 
 
@@ -75,6 +93,9 @@ class FileRecord:
     text_rows: int = 0
     image_rows: int = 0
     updated_at: float | None = None
+    failure_kind: str | None = None
+    attempts: int = 0
+    retry_at: float | None = None
 
 
 class Manifest:
@@ -83,6 +104,10 @@ class Manifest:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._conn() as c:
             c.executescript(_SCHEMA)
+            have = {r[1] for r in c.execute("PRAGMA table_info(files)")}
+            for col, decl in _ADDED_COLUMNS.items():
+                if col not in have:
+                    c.execute(f"ALTER TABLE files ADD COLUMN {col} {decl}")
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -160,17 +185,34 @@ class Manifest:
         with self._conn() as c:
             return [r[0] for r in c.execute("SELECT ref FROM graph_refs WHERE file_key=? AND kind=?", (file_key, kind))]
 
-    def set_graph_refs(self, file_key: str, kind: str, refs: list[str]) -> None:
+    def committed_graph_txn(self, workspace: str) -> str | None:
         with self._conn() as c:
-            c.execute("DELETE FROM graph_refs WHERE file_key=? AND kind=?", (file_key, kind))
-            c.executemany(
-                "INSERT OR IGNORE INTO graph_refs (file_key, kind, ref) VALUES (?,?,?)",
-                [(file_key, kind, r) for r in refs],
-            )
+            row = c.execute("SELECT txn FROM graph_commits WHERE workspace=?", (workspace,)).fetchone()
+        return row[0] if row else None
 
-    def clear_graph_refs(self, file_key: str) -> None:
+    def commit_graph(self, workspace: str, txn: str, cleared: set[str], refs: dict[tuple[str, str], list[str]],
+                     updates: dict[str, dict] | None = None, deletes: list[str] = ()) -> None:
+        """One SQLite transaction for what a graph write session did: the files whose references were
+        cleared, the references set since, the files' new fields (their statuses), the files removed
+        from the manifest, and the session's transaction id (which says the session committed)."""
+        now = time.time()
         with self._conn() as c:
-            c.execute("DELETE FROM graph_refs WHERE file_key=?", (file_key,))
+            c.execute("BEGIN IMMEDIATE")
+            for fk in cleared:
+                c.execute("DELETE FROM graph_refs WHERE file_key=?", (fk,))
+            for (fk, kind), values in refs.items():
+                c.execute("DELETE FROM graph_refs WHERE file_key=? AND kind=?", (fk, kind))
+                c.executemany("INSERT OR IGNORE INTO graph_refs (file_key, kind, ref) VALUES (?,?,?)",
+                              [(fk, kind, r) for r in values])
+            for fk, fields in (updates or {}).items():
+                if fields:
+                    fields = {**fields, "updated_at": now}
+                    c.execute(f"UPDATE files SET {','.join(f'{k}=?' for k in fields)} WHERE file_key=?",
+                              (*fields.values(), fk))
+            for fk in deletes:
+                c.execute("DELETE FROM files WHERE file_key=?", (fk,))
+                c.execute("DELETE FROM graph_refs WHERE file_key=?", (fk,))
+            c.execute("INSERT OR REPLACE INTO graph_commits (workspace, txn) VALUES (?, ?)", (workspace, txn))
 
     def ref_holders(self, kind: str, ref: str) -> list[str]:
         """Which files hold a graph item (a chunk id two files share, say)."""

@@ -13,6 +13,7 @@ import re
 
 from mmrag.blocks import ParsedDocument
 from mmrag.chunking import Chunk
+from mmrag.ids import bounded_name, xml_safe
 
 _LABEL = r"(fig(?:ure)?|tab(?:le)?|eq(?:uation)?)\.?\s*\(?(\d+[a-z]?)\b"
 _MENTION, _CAPTION = re.compile(r"\b" + _LABEL, re.I), re.compile(r"^\s*" + _LABEL, re.I)
@@ -35,8 +36,8 @@ def modal_names(fk: str, doc: ParsedDocument) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for b in doc.modal_blocks():
         label = _label(m) if (m := _CAPTION.match(b.caption or "")) else ""
-        name = f"{fk} | {label}" if label else f"{fk} | {b.kind.value} {b.id}"
-        out[b.id] = (name if name not in {n for n, _ in out.values()} else f"{name} ({b.id})", label)
+        name = bounded_name(f"{fk} | {label}" if label else f"{fk} | {b.kind.value} {b.id}")
+        out[b.id] = (name if name not in {n for n, _ in out.values()} else bounded_name(f"{name} ({b.id})"), label)
     return out
 
 
@@ -48,7 +49,7 @@ def build_structural_kg(fk: str, doc: ParsedDocument, items: list[tuple[Chunk, s
     rels: dict[tuple[str, str], dict] = {}
 
     def ent(name: str, etype: str, desc: str, c: Chunk) -> None:
-        ents[name] = {"entity_name": name, "entity_type": etype, "description": desc.strip()[:4000] or name,
+        ents[name] = {"entity_name": name, "entity_type": etype, "description": xml_safe(desc.strip()[:4000]) or name,
                       "source_id": src[c.id], "file_path": fk}
 
     def rel(a: str, b: str, kw: str, c: Chunk) -> None:
@@ -59,11 +60,12 @@ def build_structural_kg(fk: str, doc: ParsedDocument, items: list[tuple[Chunk, s
     for c, _ in items:
         sections.setdefault(c.section, c)
     sections.pop("", None)
-    parent = {"": fk, **{s: f"{fk} § {s}" for s in sections}}
-    ent(fk, "document", f"Document '{doc.title}' ({doc.rel_path}). Sections: " + "; ".join(sections), items[0][0])
+    doc_name = bounded_name(fk)
+    parent = {"": doc_name, **{s: bounded_name(f"{fk} § {s}") for s in sections}}
+    ent(doc_name, "document", f"Document '{doc.title}' ({doc.rel_path}). Sections: " + "; ".join(sections), items[0][0])
     for s, c in sections.items():
         ent(parent[s], "section", f"Section '{s}' of '{doc.title}'", c)
-        rel(fk, parent[s], "contains", c)
+        rel(doc_name, parent[s], "contains", c)
     chunk_of: dict[str, Chunk] = {}  # block id -> its first chunk
     for c, _ in items:
         for bid in c.block_ids:
@@ -73,17 +75,17 @@ def build_structural_kg(fk: str, doc: ParsedDocument, items: list[tuple[Chunk, s
     for b in doc.modal_blocks():
         if (c := chunk_of.get(b.id)) is not None:
             ent(modal[b.id][0], b.kind.value, b.description or b.searchable_text(), c)
-            rel(parent.get(b.section, fk), modal[b.id][0], "contains", c)
+            rel(parent.get(b.section, doc_name), modal[b.id][0], "contains", c)
             for c2, _ in items:  # a long table's later windows stand for the same table
                 if b.id in c2.block_ids:
                     owner.setdefault(c2.id, modal[b.id][0])
     for c, t in items:
         if c.id not in owner:
-            owner[c.id] = f"{fk} ¶ {c.id}"
+            owner[c.id] = bounded_name(f"{fk} ¶ {c.id}")
             # A passage stands for its chunk in the graph; the chunk itself carries the full text,
             # so the entity's description (embedded once more by LightRAG) stays short.
             ent(owner[c.id], "passage", _lead(t), c)
-            rel(parent.get(c.section, fk), owner[c.id], "contains", c)
+            rel(parent.get(c.section, doc_name), owner[c.id], "contains", c)
     windows = [(c, owner[c.id]) for c, _ in items if c.modality == "transcript" and c.t_start is not None]
     for b in doc.modal_blocks():  # a video's frame → the transcript window(s) it falls in
         if b.t_start is not None and modal[b.id][0] in ents:

@@ -8,12 +8,13 @@ missing or unreadable yields no deletions: an unmounted share must not empty the
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrag.blobs import hash_file
 from mmrag.ids import file_key, is_valid_key
-from mmrag.state import FileRecord
+from mmrag.state import CONTENT, FileRecord
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -75,19 +76,38 @@ def scan_root(root: str | Path, source: str) -> Scan:
     return scan
 
 
+def retry_due(rec: FileRecord, now: float, retry_failed: bool = False) -> bool:
+    """Whether a file's last outcome asks for another attempt on unchanged content and config.
+
+    A failure tied to the content (encrypted, truncated, no text, a parser limit) waits for new
+    bytes or a new config; a transient one (model server down, a garbage reply, descriptions that
+    fell back to extractive: `partial`) is retried once its backoff (`retry_at`) has passed.
+    `retry_failed` forces both (`mmrag ingest --retry-failed`)."""
+    if rec.status not in ("failed", "partial"):
+        return False
+    if retry_failed:
+        return True
+    if rec.status == "failed" and rec.failure_kind == CONTENT:
+        return False
+    return rec.retry_at is None or rec.retry_at <= now
+
+
 def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
-              fingerprint: str | None = None, hasher=hash_file) -> SyncPlan:
+              fingerprint: str | None = None, hasher=hash_file, *, now: float | None = None,
+              retry_failed: bool = False) -> SyncPlan:
     """Compare a scan with the manifest and the existing partitions (one read each, set diffs).
 
-    `fingerprint` None = the sensor's view (content only); given = also mark files stale whose
-    config fingerprint differs, whose last attempt failed, or that were indexed only partially
-    (descriptions fell back to extractive after model errors): the schedule's and the CLI's view.
+    New, changed (content), unfinished (`pending`, or `indexing`: a run died before its graph step
+    committed) files are always planned; so are transient failures whose backoff has passed
+    (`retry_due`). `fingerprint` None = the sensor's view; given = also mark files stale whose
+    config fingerprint differs: the schedule's and the CLI's view.
     """
     plan = SyncPlan()
+    now = time.time() if now is None else now
     prefix = f"{scan.source}:"
     for key, (rel, size, mtime) in scan.files.items():
         rec = records.get(key)
-        if key not in partitions or rec is None or rec.status == "pending" or rec.content_hash is None:
+        if key not in partitions or rec is None or rec.status in ("pending", "indexing") or rec.content_hash is None:
             (plan.new if key not in partitions else plan.changed).append(key)
             continue
         if rec.size != size or rec.mtime != mtime:
@@ -99,7 +119,7 @@ def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
                 plan.changed.append(key)
                 continue
             plan.touched[key] = (size, mtime)
-        if fingerprint is not None and (rec.fingerprint != fingerprint or rec.status in ("failed", "partial")):
+        if retry_due(rec, now, retry_failed) or (fingerprint is not None and rec.fingerprint != fingerprint):
             plan.stale.append(key)
         else:
             plan.unchanged.append(key)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
+from mmrag.faults import crash_point
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import TextEmbedderResource
 from mmrag_resources.lightrag import LightRAGResource
@@ -33,7 +34,7 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
     text = text_embedder.embedder(client)
     graph = lightrag.store(text.embed, text.dim, client, manifest)
     stage_store = StageStore(home=data_dir.home)
-    rows, skipped = 0, []
+    rows, skipped, gone = 0, [], []
     roots = manifest.sources()
     for key in keys:
         source, _, rel = key.partition(":")
@@ -42,19 +43,23 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
             skipped.append(key)
             continue
         n = store.delete_file(key)
-        graph.remove_file(key)
-        manifest.delete(key)
         for stage in STAGES:
             stage_store.delete(AssetKey(stage), key)
         rows += n
+        gone.append(key)
+        crash_point("cleanup")
         if log:
-            log.info(f"removed {key}: {n} Milvus rows and its graph contributions")
+            log.info(f"removed {key}: {n} Milvus rows")
     if rows:
         store.flush()
-    return {"files": len(keys) - len(skipped), "rows_deleted": rows, "skipped_recreated": len(skipped)}
+    # Last, in one commit: the graph contributions and the manifest entries. A run killed before it
+    # leaves the entries, so the next sync finds the files deleted again and finishes the job.
+    if gone:
+        graph.remove_files(gone, drop_records=True)
+    return {"files": len(gone), "rows_deleted": rows, "skipped_recreated": len(skipped)}
 
 
-@op(description="Delete everything derived from source files that no longer exist.")
+@op(description="Delete everything derived from source files that no longer exist.", pool="mmrag_index")
 def remove_deleted_files(context: OpExecutionContext, config: CleanupConfig, milvus: MilvusResource,
                          lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
                          data_dir: DataDirResource) -> dict:

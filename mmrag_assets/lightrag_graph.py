@@ -3,12 +3,20 @@
 With an LLM: LightRAG's entity/relation extraction plus one entity per modal item. Without one: a
 structural graph (document → sections → chunks and modal items, "Figure N" cross-references). The
 file's previous contributions are removed first; chunks shared with other files survive.
+
+Each file's final status (indexed / partial, or failed when its graph failed) is written in the same
+commit as its graph contributions (`GraphStore.index_files(on_commit=...)`): until then the file is
+`indexing`, i.e. stale, and a run killed in between is redone by the next sync.
 """
+
+import time
 
 
 from dagster import AssetExecutionContext, asset
 
 from mmrag.stages import FileOutcome
+from mmrag.state import TRANSIENT
+from mmrag_resources._settings import resolved
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
@@ -36,10 +44,24 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         else:
             batch.append((key, emb.doc, emb.chunks))
             known.update(zip((c.text for c in emb.chunks), emb.text_vectors))
-    for key, result in graph.index_files(batch, known_vectors=known).items():
+    settings = resolved()
+
+    def statuses(done: dict) -> dict[str, dict]:
+        """The manifest fields of the session's files, committed with their graph contributions."""
+        fields, now = {}, time.time()
+        for key, result in done.items():
+            if isinstance(result, Exception):  # model server faults, garbage replies: retried later
+                attempts = milvus_partitions[key].get("transient_attempts", 0) + 1
+                fields[key] = {"status": "failed", "reason": f"graph: {type(result).__name__}: {result}"[:2000],
+                               "failure_kind": TRANSIENT, "attempts": attempts,
+                               "retry_at": settings.retry_at(attempts, now)}
+            else:
+                fields[key] = milvus_partitions[key].get("commit") or {"status": "indexed"}
+        return fields
+
+    for key, result in graph.index_files(batch, known_vectors=known, on_commit=statuses).items():
         if isinstance(result, Exception):  # one file's graph failure does not stop the others
             reason = f"graph: {type(result).__name__}: {result}"
-            manifest.update(key, status="failed", reason=reason[:2000])
             context.log.error(f"{key}: {reason}")
             out[key] = {"status": "failed", "reason": reason}
             rows.append((key, "failed", reason))

@@ -3,14 +3,20 @@
 Row ids derive from (file key, chunk id, content hash), so re-indexing an unchanged file rewrites
 the same ids; a changed file's surplus rows are deleted after the new ones are in. A file that was
 skipped or failed keeps whatever rows it had: bad input never costs what is already indexed.
+
+A file whose rows are written is recorded as `indexing`, not `indexed`: it counts as indexed only
+when the graph step has committed its contributions too (`lightrag_graph` writes the final status,
+carried here in the output as `commit`). A run that dies in between leaves the file stale.
 """
 
+import time
 
 from dagster import AssetExecutionContext, asset
 
+from mmrag.faults import crash_point
 from mmrag.milvus_store import IMAGE, TEXT
 from mmrag.stages import DEGRADED, FileOutcome, milvus_rows
-from mmrag.state import FileRecord
+from mmrag.state import CONTENT, TRANSIENT, FileRecord
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import pipeline_settings
@@ -29,7 +35,8 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
                       data_dir: DataDirResource, parsers: ParserResource, llm: LLMResource,
                       text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource,
                       whisper: WhisperResource) -> dict:
-    fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper).fingerprint()
+    settings = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper)
+    fingerprint, now = settings.fingerprint(), time.time()
     manifest = data_dir.manifest()
     roots = manifest.sources()
     image = image_embedder.embedder()
@@ -40,7 +47,11 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         source, _, rel = key.partition(":")
         rec = manifest.get(key) or FileRecord(key, source, roots.get(source, ""), rel)
         if isinstance(emb, FileOutcome):
-            rec.status, rec.reason = emb.status, emb.reason
+            kind = getattr(emb, "failure_kind", CONTENT) if emb.status == "failed" else None
+            again = rec.status == "failed" and rec.failure_kind == TRANSIENT and rec.content_hash == emb.content_hash
+            rec.status, rec.reason, rec.failure_kind = emb.status, emb.reason, kind
+            rec.attempts = rec.attempts + 1 if again else 1
+            rec.retry_at = settings.retry_at(rec.attempts, now) if kind == TRANSIENT else None
             rec.content_hash, rec.size, rec.mtime = emb.content_hash, emb.size, emb.mtime
             rec.fingerprint = fingerprint
             manifest.upsert(rec)
@@ -51,16 +62,24 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         t = store.replace_file(TEXT, key, text_rows)
         i = store.replace_file(IMAGE, key, image_rows) if store.has(IMAGE) else {"upserted": 0, "deleted": 0}
         raw = emb.raw
+        same = rec.content_hash == raw.content_hash
         rec.root = raw.root
-        rec.content_hash, rec.size, rec.mtime, rec.mime = raw.content_hash, raw.size, raw.mtime, emb.doc.mime
         degraded = any(w.startswith(DEGRADED) for w in emb.doc.warnings)
-        rec.status = "partial" if degraded else "indexed"
+        # Transient failures in a row on this content (backoff doubles with each); partial = indexed
+        # with extractive descriptions after model errors, a transient failure too.
+        prev = rec.attempts if same and rec.failure_kind == TRANSIENT else 0
+        attempts = prev + 1 if degraded else 0
+        commit = {"status": "partial" if degraded else "indexed", "failure_kind": TRANSIENT if degraded else None,
+                  "attempts": attempts, "retry_at": settings.retry_at(attempts, now) if degraded else None}
+        rec.content_hash, rec.size, rec.mtime, rec.mime = raw.content_hash, raw.size, raw.mtime, emb.doc.mime
+        rec.status = "indexing"  # until the graph step commits
         rec.reason = "; ".join(emb.notes + emb.doc.warnings)[:2000] or None
         rec.fingerprint, rec.parser = fingerprint, f"{emb.doc.parser} {emb.doc.parser_version}"
         rec.text_rows, rec.image_rows = len(text_rows), len(image_rows)
         manifest.upsert(rec)
-        out[key] = {"status": "indexed", "text_rows": len(text_rows), "image_rows": len(image_rows)}
-        rows.append((key, rec.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
+        crash_point("milvus")
+        out[key] = {"status": "indexed", "commit": commit, "transient_attempts": prev, "text_rows": len(text_rows), "image_rows": len(image_rows)}
+        rows.append((key, commit["status"], f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
                                      f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
     store.flush()
     context.add_output_metadata({

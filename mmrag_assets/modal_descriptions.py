@@ -9,6 +9,7 @@ text) and marked `description_source="extractive"`.
 from dagster import AssetExecutionContext, asset
 
 from mmrag.describe import describe_document
+from mmrag.faults import crash_point
 from mmrag.stages import DEGRADED
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
@@ -30,6 +31,7 @@ def modal_descriptions(context: AssetExecutionContext, parsed_blocks: dict, llm:
             rows.append(row)
             continue
         stats = describe_document(doc, client, cache, log=context.log)
+        crash_point("describe")
         totals["llm_calls"] += stats.llm_calls
         totals["cache_hits"] += stats.cache_hits
         totals["extractive"] += stats.extractive

@@ -5,6 +5,7 @@ import threading
 
 from dagster import AssetExecutionContext, asset
 
+from mmrag.faults import crash_point
 from mmrag.stages import FileOutcome, parse_stage
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
@@ -28,6 +29,7 @@ def parsed_blocks(context: AssetExecutionContext, raw_files: dict, parsers: Pars
             threading.Thread(target=_import_while_parsing, name="mmrag-preimport", daemon=True).start()
         for key in context.partition_keys:
             doc = parse_stage(raw_files[key], supervisor.parse)
+            crash_point("parse")
             out[key] = doc
             if (row := outcome_row(key, doc)) is None:
                 kinds: dict[str, int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 
 from mmrag.blobs import BlobStore
 from mmrag.state import Manifest
@@ -16,6 +16,14 @@ class DataDirResource(ConfigurableResource):
     """`home` unset = MMRAG_HOME, else ./.mmrag."""
 
     home: Optional[str] = None
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Record which process executes the run (host, pid, start time), so a later ingest can tell
+        that the run died and free what it held (`mmrag.runs`)."""
+        if context.instance is not None and context.run_id:
+            from mmrag.runs import tag_current_run
+
+            tag_current_run(context.instance, context.run_id)
 
     def settings(self):
         return resolved(home=Path(self.home) if self.home else None)

@@ -1,13 +1,16 @@
 """reindex_schedule: daily, re-materialize the partitions that are stale.
 
 Stale = the content changed since it was indexed, or the pipeline's config fingerprint (parser,
-models, prompt version, chunking) differs from the one recorded, or the last attempt failed.
+models, prompt version, chunking) differs from the one recorded, or a run died before the file's
+graph step committed, or the last attempt failed transiently and its backoff has passed (a failure
+tied to the content waits for new content or config).
 Unchanged files are not touched, so a no-change day costs one scan.
 """
 
 
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
+from mmrag.runs import reap_dead_runs
 from mmrag.sync import contiguous_ranges, plan_sync, range_tags, scan_root
 from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
 from mmrag_assets.partitions import source_files
@@ -37,6 +40,7 @@ def reindex_schedule(context: ScheduleEvaluationContext, data_dir: DataDirResour
                      parsers: ParserResource, llm: LLMResource, text_embedder: TextEmbedderResource,
                      image_embedder: ImageEmbedderResource, whisper: WhisperResource):
     manifest = data_dir.manifest()
+    reap_dead_runs(context.instance, context.log.warning)
     fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper).fingerprint()
     stale = stale_partitions(context.instance, manifest, watched_roots(manifest), fingerprint)
     if not stale:

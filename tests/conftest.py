@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus_gen import SAMPLE, build_bad
+from corpus_gen import SAMPLE, build_bad  # noqa: F401  (SAMPLE: re-exported for the tests)
 from fixtures_llm import openai_server  # noqa: F401  (the loopback OpenAI-compatible server)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -74,6 +74,23 @@ def default_responder(request_json: dict) -> str:
     return f"A fake description without an image; prompt {digest}."
 
 
+def lightrag_aware(request_json: dict) -> str:
+    """Extraction prompts get LightRAG-format entity lines (up to three capitalised words of the
+    chunk), merge prompts a fixed summary, everything else the default reply: deterministic."""
+    import re
+
+    prompt = prompt_text(request_json)
+    m = re.search(r"<Input Text>\s*```\n(.*?)\n```", prompt, re.S)
+    if m:
+        words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", m.group(1))))[:3]
+        d = "<|#|>"
+        lines = [f"entity{d}{w}{d}concept{d}{w} as mentioned in the text." for w in words]
+        return "\n".join([*lines, "<|COMPLETE|>"])
+    if "Description List" in prompt:
+        return "Merged description."
+    return default_responder(request_json)
+
+
 def fake_embedding(text: str, dim: int) -> list[float]:
     """A unit vector derived from sha256(text): the same text always gives the same vector."""
     raw = b""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from helpers import cli_json
-from openai_server import prompt_text
+from openai_server import lightrag_aware, prompt_text
 
 BIRDS = ["Mallards dabble at the surface of shallow ponds and eat seeds and water plants.",
          "The peregrine falcon dives at more than three hundred kilometres per hour to strike its prey.",
@@ -54,7 +54,10 @@ def test_eval_cli_gives_the_recall_the_slice_was_built_to_give(mmrag_env, tmp_pa
     monkeypatch.setenv("MMRAG_LLM_URL", openai_server.base_url)
     monkeypatch.setenv("MMRAG_LLM_MODEL", "fake-llm")
     # The model declines the question whose sources say nothing about it, and answers the rest.
-    openai_server.responder = lambda req: "CANNOT_ANSWER" if "mercury" in prompt_text(req).lower() else "Seeds [1]."
+    # (Graph extraction prompts get LightRAG-format replies: a reply in no format fails the file.)
+    openai_server.responder = lambda req: (
+        lightrag_aware(req) if "<|COMPLETE|>" in prompt_text(req)
+        else "CANNOT_ANSWER" if "mercury" in prompt_text(req).lower() else "Seeds [1].")
     folder = _slice(tmp_path)
     code, res = cli_json(capsys, "eval", str(folder))
     assert code == 0

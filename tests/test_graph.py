@@ -277,3 +277,65 @@ def test_resource_builds_one_store_per_config(tmp_path, monkeypatch, embed_fn):
         assert other is not store and store._rag is None and other.stats() == (0, 0)
     finally:
         close_stores()
+
+
+def _vector_ids(s) -> dict[str, set[str]]:
+    from mmrag.milvus_store import connect
+
+    client = connect(s.milvus_uri)
+    out = {}
+    for ns in ("entities", "relationships", "chunks"):
+        name = f"{s.workspace}_{ns}"
+        client.load_collection(name)
+        out[ns] = {r["id"] for r in client.query(name, filter="", output_fields=["id"], limit=16384)}
+    return out
+
+
+def _files(s) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(s.snapshot.ws_dir.iterdir()) if p.is_file()}
+
+
+def test_a_session_that_fails_to_commit_is_rolled_back(store):
+    """A session is all or nothing: its LightRAG files, vectors and manifest references go back to the
+    last commit when it fails, here in its commit (as a full disk or a dead database would)."""
+    a, b = "s:a.md", "s:b.md"
+    store.index_file(a, _paper(a, "Alpha only paragraph about turbines."), chunk_document(_paper(a, "Alpha only paragraph about turbines.")))
+    before = (_nodes(store), _vector_ids(store), _files(store), store.manifest.graph_refs(a, "chunk"))
+    doc_b = _paper(b, "Beta only paragraph about valves.")
+
+    def refuse(done):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.index_files([(b, doc_b, chunk_document(doc_b))], on_commit=refuse)
+    assert not store.snapshot.exists
+    assert (_nodes(store), _vector_ids(store), _files(store), store.manifest.graph_refs(a, "chunk")) == before
+    assert store.manifest.graph_refs(b, "chunk") == []
+    store.index_file(b, doc_b, chunk_document(doc_b))  # and the store works on
+    assert b in _nodes(store)
+
+
+def test_a_session_left_by_a_dead_process_is_rolled_back_by_the_next(tmp_path, embed_fn):
+    """What a killed writer leaves (its snapshot, files it persisted, vectors it wrote, no commit) is
+    undone by the next session, in another GraphStore."""
+    a, b = "s:a.md", "s:b.md"
+    s = _open(tmp_path, embed_fn)
+    s.index_file(a, _paper(a, "Alpha only paragraph about turbines."), chunk_document(_paper(a, "Alpha only paragraph about turbines.")))
+    before = (_nodes(s), _vector_ids(s), _files(s))
+    doc_b = _paper(b, "Beta only paragraph about valves.")
+    with s._lock:  # a session that persists and then dies before its commit
+        s._begin()
+        s.run(s._aindex_many([(b, doc_b, chunk_document(doc_b))]))
+        s.run(s._rag._insert_done())
+    assert b in _nodes(s) and _files(s) != before[2]
+    s.snapshot._journal.close()
+    s.snapshot._journal = None
+    s._close_rag()
+    again = GraphStore(s.working_dir, s.milvus_uri, embed_fn=embed_fn, embed_dim=384, manifest=s.manifest,
+                       namespace=s.workspace, lightrag_kwargs={"entity_extract_max_gleaning": 0})
+    try:
+        again.remove_files([])  # any session repairs first
+        assert (_nodes(again), _vector_ids(again), _files(again)) == before
+        assert not again.snapshot.exists
+    finally:
+        again.close()

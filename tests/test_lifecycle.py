@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import re
 
 from conftest import SAMPLE, copy_corpus
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
-from openai_server import default_responder, prompt_text
-
-D = "<|#|>"
-
-
-def lightrag_aware(request_json: dict) -> str:
-    """Extraction prompts get LightRAG-format entity lines; descriptions get the default reply."""
-    prompt = prompt_text(request_json)
-    m = re.search(r"<Input Text>\s*```\n(.*?)\n```", prompt, re.S)
-    if m:
-        words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", m.group(1))))[:3]
-        lines = [f"entity{D}{w}{D}concept{D}{w} as mentioned in the text." for w in words]
-        return "\n".join([*lines, "<|COMPLETE|>"])
-    if "Description List" in prompt:
-        return "Merged description."
-    return default_responder(request_json)
+from openai_server import lightrag_aware
 
 
 def _write(root, name, text):
@@ -165,7 +149,10 @@ def test_status_reports_rows_outcomes_and_staleness(mmrag_env, tmp_path, capsys,
 
 def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_path, capsys, openai_server,
                                                                   monkeypatch):
-    """The VLM fails: the file is indexed with extractive descriptions, marked partial, and redone later."""
+    """The VLM fails: the file is indexed with extractive descriptions, marked partial (a transient
+    failure), and redone once its backoff has passed, or at once with --retry-failed."""
+    import time
+
     from mmrag.config import Settings
     from mmrag.state import Manifest
     from openai_server import Fault
@@ -182,12 +169,17 @@ def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_
     assert rec.status == "partial" and "extractive after model errors" in rec.reason
     first_rows = rows_by_file(TEXT)
 
+    assert rec.failure_kind == "transient" and rec.attempts == 1 and rec.retry_at > time.time() + 200
+
     openai_server.fault_fn = None  # the VLM is back
     vlm_before = sum(1 for r in openai_server.chat_requests() if r["model"] == "fake-vlm")
-    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")  # within the backoff: not yet
+    assert code == 0 and Manifest(Settings.from_env().state_path).get("docs:powerpoint_with_image.pptx").status == "partial"
+    assert sum(1 for r in openai_server.chat_requests() if r["model"] == "fake-vlm") == vlm_before
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs", "--retry-failed")
     assert code == 0
     rec = Manifest(Settings.from_env().state_path).get("docs:powerpoint_with_image.pptx")
-    assert rec.status == "indexed"
+    assert rec.status == "indexed" and rec.failure_kind is None and rec.retry_at is None
     assert sum(1 for r in openai_server.chat_requests() if r["model"] == "fake-vlm") > vlm_before
     assert rows_by_file(TEXT) != first_rows  # the image's row now carries the VLM's description
 

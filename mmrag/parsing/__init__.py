@@ -205,7 +205,7 @@ def parse_file(
         try:
             blocks = transcript_blocks(read_subtitles(Path(rel_path), _decode_text(path, warnings)), transcript="subtitles")
         except MediaError as e:
-            raise ParseError(str(e)) from e
+            raise ParseError(str(e), transient=getattr(e, "transient", False)) from e
     elif parser == "text":
         blocks = _text_blocks(_decode_text(path, warnings))
     else:

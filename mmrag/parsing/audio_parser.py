@@ -27,7 +27,7 @@ def _from_subtitles(path: Path, sidecars, info: dict | None) -> tuple[list[Block
         try:
             segs = read_subtitles(Path(rel), _read(snap))
         except MediaError as e:
-            raise ParseError(f"sidecar {rel}: {e}") from e
+            raise ParseError(f"sidecar {rel}: {e}", transient=getattr(e, "transient", False)) from e
         return transcript_blocks(segs, language=tag or None, transcript="sidecar"), f"transcript from the sidecar subtitles {rel}"
     tracks = [s for s in (info or {}).get("subtitles", []) if s["codec"] in TEXT_CODECS]
     if tracks:
@@ -37,7 +37,7 @@ def _from_subtitles(path: Path, sidecars, info: dict | None) -> tuple[list[Block
                 vtt = extract_embedded(path, track, Path(tmp) / "track.vtt")
                 segs = read_subtitles(vtt)
             except MediaError as e:
-                raise ParseError(str(e)) from e
+                raise ParseError(str(e), transient=getattr(e, "transient", False)) from e
         lang = track["language"] if track["language"] not in ("", "und") else None
         return (transcript_blocks(segs, language=lang, transcript="embedded"),
                 f"transcript from the embedded subtitle track {track['index']} ({track['codec']}, {lang or 'language not tagged'})")
@@ -59,7 +59,7 @@ def parse_audio(path: Path, transcriber: Transcriber, sidecars=(), info: dict | 
     try:
         tr = transcriber.transcribe(path)
     except MediaError as e:
-        raise ParseError(str(e)) from e
+        raise ParseError(str(e), transient=getattr(e, "transient", False)) from e
     blocks = transcript_blocks(tr.segments, language=tr.language, transcript="whisper")
     warnings = [] if blocks else [f"no speech detected in {tr.duration:.1f} s of audio: indexed with an empty transcript"]
     if transcriber.language is None and tr.language_probability and not transcriber.model.endswith(".en"):

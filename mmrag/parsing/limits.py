@@ -25,12 +25,13 @@ ZIP_RATIO_FLOOR = 16 * 2**20
 
 
 class LimitExceeded(ParseError):
-    """A per-file limit stopped the file. `transient` is true for the limits that depend on the
-    machine (wall clock, memory) rather than on the file's content alone."""
+    """A per-file limit stopped the file. Its kind is `content` (the file is redone when its bytes
+    or the config change, or with `--retry-failed`): a file that outgrew a limit once would outgrow
+    it again, at the limit's full cost each time. `transient` only for a worker that never started."""
 
     def __init__(self, reason: str, setting: str, transient: bool = False):
-        super().__init__(reason)
-        self.setting, self.transient = setting, transient
+        super().__init__(reason, transient)
+        self.setting = setting
 
     def __reduce__(self):
         return (type(self), (str(self), self.setting, self.transient))

@@ -39,7 +39,8 @@ def ensure_server(exe: str) -> None:
     if "not running" in (status.stdout + status.stderr).lower():
         start = subprocess.run([exe, "server", "start"], capture_output=True, text=True, timeout=300)
         if start.returncode != 0:
-            raise ParseError(f"MinerU's server did not start: {(start.stderr or start.stdout).strip()[-300:]}")
+            raise ParseError(f"MinerU's server did not start: {(start.stderr or start.stdout).strip()[-300:]}",
+                             transient=True)
         # MinerU reports usage and health-probes its vendor's cloud parse API by default; mmrag's only
         # network peers are the servers it is given, so both are turned off (the probe to loopback).
         subprocess.run([exe, "telemetry", "disable"], capture_output=True, text=True, timeout=60)
@@ -53,7 +54,7 @@ def parse_with_mineru(path: Path, blobs: BlobStore, timeout_s: int = 600) -> tup
     local = Path(sys.executable).parent / "mineru"
     exe = str(local) if local.exists() else shutil.which("mineru")
     if exe is None:
-        raise ParseError("MinerU is not installed (pip install 'mmrag[mineru]')")
+        raise ParseError("MinerU is not installed (pip install 'mmrag[mineru]')", transient=True)
     ensure_server(exe)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.md"

@@ -49,7 +49,7 @@ def parse_video(path: Path, blobs: BlobStore, transcriber: Transcriber, opts: Fr
     try:
         info = probe(path)
     except MediaError as e:
-        raise ParseError(str(e)) from e
+        raise ParseError(str(e), transient=getattr(e, "transient", False)) from e
     if not info["video"]:
         if not info["audio"] and not sidecars:
             raise ParseError("the file has neither a video nor an audio stream")
@@ -66,7 +66,7 @@ def parse_video(path: Path, blobs: BlobStore, transcriber: Transcriber, opts: Fr
         try:
             frames = extract_frames(path, opts.fps, Path(tmp), opts.scene_threshold)
         except MediaError as e:
-            raise ParseError(str(e)) from e
+            raise ParseError(str(e), transient=getattr(e, "transient", False)) from e
         kept, dropped = drop_near_duplicates(frames, opts.dedupe_distance)
         if dropped:
             warnings.append(f"{dropped} of {len(frames)} frames dropped as near-duplicates")

@@ -343,7 +343,7 @@ class ParseSupervisor:
             if left is not None and left <= 0:
                 if started:
                     self._breach(LimitExceeded(f"parsing stopped after {lim.timeout_s:g} s (MMRAG_PARSE_TIMEOUT_S)",
-                                               "MMRAG_PARSE_TIMEOUT_S", transient=True))
+                                               "MMRAG_PARSE_TIMEOUT_S"))
                 self._breach(LimitExceeded(f"the parser did not start within {START_TIMEOUT_S:g} s", "", transient=True))
             ready = wait([self._conn, self._proc.sentinel], POLL_S if left is None else min(POLL_S, left))
             if self._conn in ready:
@@ -357,4 +357,4 @@ class ParseSupervisor:
                 self._died()
             if ceiling and tree_rss(self._proc.pid) > ceiling:
                 self._breach(LimitExceeded(f"parser used more than {lim.memory_mb} MB (MMRAG_PARSE_MEMORY_MB)",
-                                           "MMRAG_PARSE_MEMORY_MB", transient=True))
+                                           "MMRAG_PARSE_MEMORY_MB"))

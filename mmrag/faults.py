@@ -1,0 +1,33 @@
+"""A test hook that kills the process at a named step, so the crash tests can stop a real ingest
+exactly where a SIGKILL, an OOM kill or a power cut could: `MMRAG_CRASH_AT=graph` kills at the
+first "graph" point, `graph:3` at the third. Unset (always, outside tests) it does nothing.
+
+Points: `parse` (a file parsed), `describe` (a file described), `milvus` (a file's rows written,
+its status `indexing`), `graph` (a file's graph in memory and its vectors in Milvus, nothing
+persisted), `graph-persisted` (LightRAG's files written, the manifest not yet), `graph-committed`
+(the manifest committed, the snapshot not yet dropped), `cleanup` (a deleted file's rows removed,
+its graph and manifest entry not yet).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+
+_hits: Counter[str] = Counter()
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get("MMRAG_CRASH_AT")
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _hits[name] += 1
+    if _hits[name] == int(nth or 1):
+        sys.stderr.write(f"mmrag: MMRAG_CRASH_AT={spec}: killing this process (pid {os.getpid()})\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,90 @@
+"""Dead runs and pool slots on a real Dagster instance: a run whose process is gone is marked failed
+and its slot freed; a wait for a slot held by a live process is bounded, says who holds it, sleeps."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+
+@pytest.fixture
+def instance(mmrag_env):
+    from dagster import DagsterInstance
+
+    inst = DagsterInstance.get()
+    inst.event_log_storage.set_concurrency_slots("mmrag_index", 1)
+    yield inst
+    inst.dispose()
+
+
+def _run_holding_slot(instance, pid: int) -> str:
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from mmrag.runs import owner_tags
+
+    run_id = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name="ingest_job", run_id=run_id, status=DagsterRunStatus.STARTED,
+                                tags=owner_tags(pid)))
+    claim = instance.event_log_storage.claim_concurrency_slot("mmrag_index", run_id, "milvus_partitions", 0)
+    assert claim.is_claimed
+    return run_id
+
+
+def test_wait_for_a_live_holder_is_bounded_and_sleeps_then_a_dead_one_is_reaped(instance):
+    from dagster import DagsterRunStatus
+
+    from mmrag.runs import wait_for_pool
+
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        run_id = _run_holding_slot(instance, holder.pid)
+        said: list[str] = []
+        cpu0, t0 = time.process_time(), time.monotonic()
+        with pytest.raises(TimeoutError, match="pool mmrag_index stayed busy"):
+            wait_for_pool(instance, "mmrag_index", timeout_s=3, say=said.append, poll_s=0.5)
+        waited, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        assert 3 <= waited < 6
+        assert cpu < 0.5 * waited, f"the wait used {cpu:.2f} s of CPU in {waited:.1f} s: it spins"
+        assert said and run_id[:8] in said[0] and f"pid {holder.pid}" in said[0]
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED  # alive: left alone
+    finally:
+        holder.kill()
+        holder.wait()
+    t0 = time.monotonic()
+    wait_for_pool(instance, "mmrag_index", timeout_s=10, poll_s=0.5)  # the holder died: reaped, slot freed
+    assert time.monotonic() - t0 < 3
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info("mmrag_index").active_slot_count == 0
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_run(instance):
+    """The run's tags record its process's start time: another process with the same pid is not it."""
+    import os
+
+    from dagster import DagsterRunStatus
+
+    from mmrag.runs import START_TAG, reap_dead_runs
+
+    run_id = _run_holding_slot(instance, os.getpid())
+    assert reap_dead_runs(instance) == []  # this process is alive and started when recorded
+    instance.add_run_tags(run_id, {START_TAG: "12345.00"})  # as if the pid had been reused since
+    assert reap_dead_runs(instance) == [run_id]
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+
+
+def test_executor_waiting_for_a_slot_sleeps():
+    """Dagster 1.13's in-process executor computes its next claim check as min(0, ...): it would spin."""
+    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+
+    from mmrag.runs import patch_claim_polling
+
+    patch_claim_polling()
+    ctx = InstanceConcurrencyContext.__new__(InstanceConcurrencyContext)
+    ctx._pending_claims, ctx._pending_timeouts = {"step"}, {"step": time.time() + 4}
+    assert 3 < ctx.interval_to_next_pending_claim_check() <= 4
+    ctx._pending_timeouts = {"step": time.time() - 1}
+    assert ctx.interval_to_next_pending_claim_check() == 0.5
