@@ -1,13 +1,15 @@
 """Ingest benchmark (not a test): wall time, peak RSS, no-change re-ingest and a per-stage breakdown.
 
-    .venv/bin/python bench/ingest.py [--corpus DIR] [--copies N] [--include-media] [--keep] [--json]
+    .venv/bin/python bench/ingest.py [--corpus DIR] [--copies N] [--include-media] [--bad] [--keep] [--json]
 
 Builds a corpus of >= 200 files by replicating the sample corpus (one subfolder per copy, every
 text-like file made unique per copy), runs `mmrag ingest ROOT --source bench --json` as a child
 process against a fresh MMRAG_HOME (DAGSTER_HOME unset, so the CLI uses $MMRAG_HOME/dagster), with
 MMRAG_CLIP_PRETRAINED=random and HF_HUB_OFFLINE=1, then runs the same ingest again with nothing
 changed. The first ingest's wall time is split by the step timings in the Dagster event log of the
-runs it made. All figures come from one invocation of this script.
+runs it made. `--bad` adds the bad inputs (tests/corpus_gen.py: the bad corpus and the pathological
+inputs the per-file limits stop) in two subfolders, and ingests them alone in a second fresh data dir
+to measure what they cost. All figures come from one invocation of this script.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = (REPO / ".." / "shared" / "corpus" / "sample").resolve()
+DEFAULT_CORPUS = REPO / "tests" / "corpus" / "sample"
 MEDIA_EXT = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".mp4", ".mov", ".avi", ".mkv", ".webm",
              ".vtt", ".srt"}
 TEXT_LIKE = {".md", ".markdown", ".txt", ".rst", ".csv", ".html", ".htm", ".xhtml", ".vtt", ".srt"}
@@ -198,6 +200,8 @@ def main(argv=None) -> int:
                    help="start the CLI's entry point (mmrag.cli.main) through `python -c` with the "
                         "mmrag.embedders logger at INFO, so model-load log lines can be counted; "
                         "default runs .venv/bin/mmrag as is, which logs at WARNING only")
+    p.add_argument("--bad", action="store_true", help="add the bad and pathological inputs of tests/corpus_gen.py "
+                   "(once), and ingest them alone as well to measure their cost")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (corpus, MMRAG_HOME, logs)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args(argv)
@@ -216,6 +220,11 @@ def main(argv=None) -> int:
     try:
         n_files = build_corpus(corpus, root, copies, args.include_media)
         say(f"corpus: {copies} copies x {per_copy} files of {corpus} = {n_files} files under {root}")
+        n_bad = 0
+        if args.bad:
+            n_bad = build_bad_inputs(root)
+            n_files += n_bad
+            say(f"  + {n_bad} bad and pathological inputs under {root / 'bad'} and {root / 'pathological'}")
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
         env.update(MMRAG_HOME=str(home), MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1",
@@ -231,6 +240,13 @@ def main(argv=None) -> int:
             cmd = [str(venv_bin / "mmrag"), *ingest_args]
         say(f"running: MMRAG_HOME={home} MMRAG_CLIP_PRETRAINED=random HF_HUB_OFFLINE=1 {' '.join(cmd)}")
 
+        bad_only = None
+        if args.bad:  # their cost alone: a fresh data dir, the same command on just these folders
+            bad_root, bad_home = tmp / "bad-only", tmp / "bad-home"
+            build_bad_inputs(bad_root)
+            bad_cmd = [*cmd[:cmd.index("ingest") + 1], str(bad_root), *cmd[cmd.index("ingest") + 2:]]
+            bad_only = run_ingest(bad_cmd, {**env, "MMRAG_HOME": str(bad_home)}, logs / "bad-only.stderr")
+            say(f"bad inputs alone: {bad_only['wall_s']:.1f} s, rc {bad_only['rc']}")
         first = run_ingest(cmd, env, logs / "first.stderr")
         say(f"first ingest: {first['wall_s']:.1f} s, rc {first['rc']}")
         dagster_home = home / "dagster"
@@ -286,6 +302,11 @@ def main(argv=None) -> int:
                        "summary": next((ln for ln in second["stderr"].splitlines() if " files — " in ln), None)},
             "reingest_ratio": second["wall_s"] / wall,
         }
+        if bad_only is not None:
+            brep = bad_only["report"] or {}
+            fig["bad"] = {"files": n_bad, "alone_wall_s": bad_only["wall_s"], "rc": bad_only["rc"],
+                          "indexed": brep.get("indexed"), "skipped": brep.get("skipped", []),
+                          "failed": brep.get("failed", [])}
         fig["aims"] = {
             "no_change_reingest_ratio_le_0.05": fig["reingest_ratio"] <= 0.05,
             "peak_rss_le_3GB": max(first["ru_maxrss_mb"], first["tree_rss_peak_mb"]) <= 3 * 1024,
@@ -307,6 +328,17 @@ def main(argv=None) -> int:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_bad_inputs(root: Path) -> int:
+    """The bad corpus and the pathological inputs (tests/corpus_gen.py) under root/bad and
+    root/pathological; returns how many files that is."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from corpus_gen import build_bad, build_pathological
+
+    build_bad(root / "bad")
+    build_pathological(root / "pathological")
+    return sum(1 for d in ("bad", "pathological") for p in (root / d).iterdir() if p.is_file())
 
 
 def print_table(fig: dict, observable: bool) -> None:
@@ -344,6 +376,10 @@ def print_table(fig: dict, observable: bool) -> None:
          f"{f['peak_rss_mb_ru_maxrss']:.0f} MB", f"{f['peak_rss_mb_tree']:.0f} MB"),
         ("no-change re-ingest wall time", f"{s['wall_s']:8.1f} s", f"{100 * fig['reingest_ratio']:5.1f} %"),
     ]
+    if fig.get("bad"):
+        bad = fig["bad"]
+        rows.append((f"the {bad['files']} bad inputs ingested alone (fresh data dir, models loaded)",
+                     f"{bad['alone_wall_s']:8.1f} s", f"{100 * bad['alone_wall_s'] / wall:5.1f} %"))
     w = max(len(r[0]) for r in rows)
     for name, a, c in rows:
         print(f"{name:<{w}}  {a:>12}  {c:>9}")
@@ -356,6 +392,13 @@ def print_table(fig: dict, observable: bool) -> None:
     aims = fig["aims"]
     print(f"no-change re-ingest ratio <= 0.05: {'PASS' if aims['no_change_reingest_ratio_le_0.05'] else 'FAIL'} "
           f"({fig['reingest_ratio']:.3f})")
+    if fig.get("bad"):
+        bad = fig["bad"]
+        print(f"bad inputs alone: {bad['indexed']} indexed, {len(bad['skipped'])} skipped, {len(bad['failed'])} failed:")
+        for x in bad["failed"]:
+            print(f"  failed  {x['path']}: {x['error'][:110]}")
+        for x in bad["skipped"]:
+            print(f"  skipped {x['path']}: {x['reason'][:110]}")
     peak = max(f["peak_rss_mb_ru_maxrss"], f["peak_rss_mb_tree"])
     print(f"peak RSS <= 3 GB: {'PASS' if aims['peak_rss_le_3GB'] else 'FAIL'} ({peak:.0f} MB)")
     if observable:
