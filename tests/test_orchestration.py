@@ -199,3 +199,44 @@ def test_cleanup_spares_a_file_recreated_after_its_deletion_was_requested(mmrag_
     assert res.success
     assert res.output_for_node("remove_deleted_files") == {"files": 1, "rows_deleted": 1, "skipped_recreated": 1}
     assert set(rows_by_file(TEXT)) == {"docs:back.md"}
+
+
+def test_sensor_frees_a_dead_run_and_requests_its_files_again(mmrag_env, tmp_path, monkeypatch):
+    """A daemon-launched run whose process died holds its pool slot and leaves its files requested in
+    the cursor: the next tick marks it failed, frees the slot and requests the files in a new run."""
+    import uuid
+
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from mmrag.runs import owner_tags
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# Alpha\n\nAlpha counts pochards.\n")
+    monkeypatch.setenv("MMRAG_WATCH", f"docs={root}")
+    instance = DagsterInstance.get()
+    first = _sensor_tick(instance)
+    assert [rr.tags[RANGE[0]] for rr in first.run_requests] == ["docs:a.md"]
+    _apply_partitions_only(instance, first)
+    quiet = _sensor_tick(instance, first.cursor)
+    assert not quiet.run_requests  # requested, its run not finished: not again
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has exited
+    run_id = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name="ingest_job", run_id=run_id, status=DagsterRunStatus.STARTED,
+                                tags={**first.run_requests[0].tags, **owner_tags(gone.pid)}))
+    instance.event_log_storage.set_concurrency_slots("mmrag_index", 1)
+    assert instance.event_log_storage.claim_concurrency_slot("mmrag_index", run_id, "milvus_partitions", 0).is_claimed
+    again = _sensor_tick(instance, quiet.cursor)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info("mmrag_index").active_slot_count == 0
+    assert [rr.tags[RANGE[0]] for rr in again.run_requests] == ["docs:a.md"]
+    assert again.run_requests[0].run_key != first.run_requests[0].run_key  # a new run, not a skipped duplicate
+
+
+def _apply_partitions_only(instance, result):
+    for req in result.dynamic_partitions_requests:
+        if isinstance(req, AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
