@@ -19,7 +19,10 @@ from crash_tools import dangling, diff, env_for, index_state, ingest_subprocess,
 from openai_server import FakeOpenAIServer, lightrag_aware
 
 SHARED = "Every survey in this folder counts Mallards and Teals along the Northern Marsh."
-POINTS = ["cleanup", "parse", "describe", "milvus", "graph", "graph-persisted", "graph-committed"]
+# The clean-up job runs first: its graph commit is the first "graph-persisted"/"graph-committed"
+# point; ":2" kills at the second, in the ingest run's commit.
+POINTS = ["cleanup", "parse", "describe", "milvus", "graph", "graph-persisted", "graph-persisted:2",
+          "graph-committed:2"]
 
 
 def _corpus_v0(root: Path) -> Path:
@@ -98,7 +101,7 @@ def _close():
 
 @pytest.mark.parametrize("point", POINTS)
 def test_killed_ingest_then_rerun_equals_a_clean_run(world, point, llm):
-    w = _copy_world(world["base"], world["home0"], world["root0"], point)
+    w = _copy_world(world["base"], world["home0"], world["root0"], point.replace(":", "-"))
     crashed = ingest_subprocess(w["home"], w["root"], MMRAG_CRASH_AT=point, **world["llm_env"])
     assert crashed.returncode == -9, f"the kill point {point} was not reached:\n{crashed.stderr[-3000:]}"
     assert f"MMRAG_CRASH_AT={point}" in crashed.stderr
