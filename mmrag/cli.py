@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -195,29 +196,35 @@ def _report(args, settings, source, scan, run_errors, removed: int = 0) -> int:
 
 
 def cmd_query(args) -> int:
-    from mmrag.answer import answer as write_answer
+    """Through the running query server when there is one (no model load; the same JSON), else in
+    this process."""
     from mmrag.answer import where
-    from mmrag.llm import LLMClient
-    from mmrag.query import retrieve
+    from mmrag.service import QueryError, QueryService, running_server
 
     settings = Settings.from_env()
-    res = retrieve(settings, args.text, top_k=args.top_k, mode=args.mode, sources=args.source, files=args.file,
-                   modalities=args.modality, with_images=not args.no_images)
-    hits, ans = res["hits"], None
-    if args.answer:
-        ans = write_answer(args.text, hits, LLMClient.from_settings(settings), graph_context=res["graph_context"])
-    code = EXIT_ANSWER_FAILED if ans is not None and ans.status == "error" else 0
+    req = {"question": args.text, "top_k": args.top_k, "mode": args.mode, "sources": args.source,
+           "files": args.file, "modalities": args.modality, "answer": args.answer, "images": not args.no_images}
+    out = None
+    if url := running_server(settings):
+        out = _query_server(url, req)
+        if isinstance(out, int):
+            return out
+    if out is None:
+        try:
+            out = QueryService(settings).query(req.pop("question"), **req)
+        except QueryError as e:
+            print(f"mmrag: {e}", file=sys.stderr)
+            return EXIT_BAD_ROOT
+    hits = out["hits"]
+    code = EXIT_ANSWER_FAILED if out["answer_status"] == "error" else 0
     if args.json:
-        out = {"hits": hits, "answer": ans.text if ans else None, "citations": ans.citations if ans else [],
-               "answer_status": ans.status if ans else None, "model": ans.model if ans else None,
-               "mode": args.mode, "graph_context": res["graph_context"]}
         print(json.dumps(out, indent=2, default=str))
         return code
-    if ans is not None:
-        print(ans.text if ans.status != "no_llm" else "No LLM is configured (MMRAG_LLM_URL): showing what was retrieved.")
-        if ans.citations:
+    if out["answer_status"] is not None:
+        print(out["answer"] if out["answer_status"] != "no_llm" else "No LLM is configured (MMRAG_LLM_URL): showing what was retrieved.")
+        if out["citations"]:
             print("\nSources:")
-            for c in ans.citations:
+            for c in out["citations"]:
                 h = hits[c["hit"]]
                 print(f"  [{c['n']}] {h['source']}:{h['file']} {where(h)}" + (f"  {h['image_path']}" if h.get("image_path") else ""))
         print()
@@ -227,11 +234,70 @@ def cmd_query(args) -> int:
         text = " ".join(h["text"].split())[:160]
         frame = f"\n    image: {h['image_path']}" if h.get("image_path") else ""
         print(f"{i:2d}. [{h['score']:.3f}] {h['source']}:{h['file']} {where(h)} ({h['modality']})\n    {text}{frame}")
-    if res["graph_context"] and not args.answer:
-        print(f"\ngraph context ({args.mode}): {len(res['graph_context'])} characters (--json shows it)")
-    if ans is not None and ans.status == "error":
-        print(f"mmrag: {ans.error}", file=sys.stderr)
+    if out["graph_context"] and not args.answer:
+        print(f"\ngraph context ({args.mode}): {len(out['graph_context'])} characters (--json shows it)")
+    if out["answer_status"] == "error":
+        print(f"mmrag: {out['answer']}", file=sys.stderr)
     return code
+
+
+def _query_server(url: str, req: dict) -> dict | int | None:
+    """POST the query to the server: its JSON, an exit code for a refusal, or None when it cannot be
+    reached (the caller then answers in-process)."""
+    import httpx
+
+    key = os.environ.get("MMRAG_API_KEY", "")
+    try:
+        r = httpx.post(f"{url}/v1/query", json={k: v for k, v in req.items() if v is not None},
+                       headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=600)
+    except httpx.TransportError:
+        return None
+    if r.status_code == 200:
+        return r.json()
+    try:
+        msg = r.json()["error"]["message"]
+    except Exception:  # noqa: BLE001 - not our server's error shape
+        msg = r.text[:300]
+    print(f"mmrag: the query server at {url} answered {r.status_code}: {msg}", file=sys.stderr)
+    return EXIT_BUSY if r.status_code == 503 else EXIT_BAD_ROOT
+
+
+def cmd_api(args) -> int:
+    """The query API (uvicorn, one process): models load once; `mmrag query` finds it."""
+    import ipaddress
+
+    import uvicorn
+
+    from mmrag.api import create_app
+    from mmrag.service import announce, withdraw
+
+    key = os.environ.get("MMRAG_API_KEY", "")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not key:
+        print(f"mmrag: refusing to serve the index on {args.host} without MMRAG_API_KEY: anyone who can reach "
+              "that address could read it. Set MMRAG_API_KEY (clients send Authorization: Bearer <key>) or "
+              "bind 127.0.0.1.", file=sys.stderr)
+        return EXIT_BAD_ROOT
+    settings = Settings.from_env()
+    app = create_app(settings, api_key=key or None)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{shown}:{args.port}"
+    announce(settings, url)
+    print(f"mmrag api: {url} (POST /v1/query, GET /v1/status, POST /v1/chat/completions)", flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: end cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        withdraw(settings)
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -295,30 +361,12 @@ def cmd_ui(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from mmrag.state import Manifest
-    from mmrag.sync import plan_sync, scan_root
+    from mmrag.service import status_json
 
-    settings = Settings.from_env()
-    manifest = Manifest(settings.state_path)
-    fp = settings.fingerprint()
-    sources = {}
-    for name, root in manifest.sources().items():
-        recs = manifest.all(name)
-        scan = scan_root(root, name)
-        plan = plan_sync(scan, {r.file_key: r for r in recs}, {r.file_key for r in recs}, fingerprint=fp)
-        sources[name] = {
-            "root": root, "root_error": scan.error,
-            "files": [{"path": r.rel_path, "status": r.status, "reason": r.reason, "text_rows": r.text_rows,
-                       "image_rows": r.image_rows, "parser": r.parser,
-                       # failed/partial: "content" waits for new bytes or config, "transient" is retried
-                       "failure_kind": r.failure_kind if r.status in ("failed", "partial") else None,
-                       "attempts": r.attempts, "retry_at": r.retry_at} for r in recs],
-            "text_rows": sum(r.text_rows for r in recs), "image_rows": sum(r.image_rows for r in recs),
-            "stale": sorted(k.partition(":")[2] for k in plan.changed + plan.stale + plan.new),
-            "deleted": sorted(k.partition(":")[2] for k in plan.deleted),
-        }
+    out = status_json(Settings.from_env())
+    sources = out["sources"]
     if args.json:
-        print(json.dumps({"fingerprint": fp, "sources": sources}, indent=2))
+        print(json.dumps(out, indent=2))
         return 0
     if not sources:
         print("nothing indexed yet: mmrag ingest ROOT")
@@ -406,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--grace-s", type=float, default=3600.0,
                     help="keep blobs written or reused this recently (a run in flight holds some; default 1 h)")
     pg.add_argument("--json", action="store_true")
+    pa = sub.add_parser("api", help="the query API over HTTP (POST /v1/query, /v1/chat/completions, GET /v1/status)")
+    pa.add_argument("--host", default="127.0.0.1", help="a non-loopback address needs MMRAG_API_KEY")
+    pa.add_argument("--port", type=int, default=8000)
     pu = sub.add_parser("ui", help="the chat page (Streamlit): ask, see the answer, cited chunks, images, frames")
     pu.add_argument("--port", type=int, default=8501)
     pu.add_argument("--host", default="127.0.0.1")
@@ -419,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui}[args.cmd](args)
+                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY
