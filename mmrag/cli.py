@@ -262,24 +262,30 @@ def _query_server(url: str, req: dict) -> dict | int | None:
     return EXIT_BUSY if r.status_code == 503 else EXIT_BAD_ROOT
 
 
-def cmd_api(args) -> int:
-    """The query API (uvicorn, one process): models load once; `mmrag query` finds it."""
+def _public_without_key(host: str) -> str:
+    """The refusal to serve the index on a non-loopback address without MMRAG_API_KEY ('' = fine)."""
     import ipaddress
 
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or os.environ.get("MMRAG_API_KEY"):
+        return ""
+    return (f"mmrag: refusing to serve the index on {host} without MMRAG_API_KEY: anyone who can reach that "
+            "address could read it. Set MMRAG_API_KEY (clients send Authorization: Bearer <key>) or bind 127.0.0.1.")
+
+
+def cmd_api(args) -> int:
+    """The query API (uvicorn, one process): models load once; `mmrag query` finds it."""
     import uvicorn
 
     from mmrag.api import create_app
     from mmrag.service import announce, withdraw
 
     key = os.environ.get("MMRAG_API_KEY", "")
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback and not key:
-        print(f"mmrag: refusing to serve the index on {args.host} without MMRAG_API_KEY: anyone who can reach "
-              "that address could read it. Set MMRAG_API_KEY (clients send Authorization: Bearer <key>) or "
-              "bind 127.0.0.1.", file=sys.stderr)
+    if refused := _public_without_key(args.host):
+        print(refused, file=sys.stderr)
         return EXIT_BAD_ROOT
     settings = Settings.from_env()
     app = create_app(settings, api_key=key or None)
@@ -380,6 +386,72 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_up(args) -> int:
+    """Milvus server, Dagster daemon + webserver, query API and chat page, supervised (mmrag.up)."""
+    from mmrag.config import LITE_SERVER
+    from mmrag.runs import owner_tags
+    from mmrag.state import Manifest
+    from mmrag.up import Child, Supervisor, free_port, port_open, run_children, venv_tool
+
+    if refused := _public_without_key(args.host):
+        print(refused, file=sys.stderr)
+        return EXIT_BAD_ROOT
+    settings = Settings.from_env()
+    home = ensure_dagster_home(settings)
+    manifest = Manifest(settings.state_path)
+    for raw in args.roots:
+        root = Path(raw).expanduser().resolve()
+        if not root.is_dir():
+            print(f"mmrag up: {root} is not a folder", file=sys.stderr)
+            return EXIT_BAD_ROOT
+        manifest.set_source(_source_name(root), str(root))
+    if not manifest.sources() and not os.environ.get("MMRAG_WATCH"):
+        print("mmrag up: no folder to watch: give ROOT, or ingest one first, or set MMRAG_WATCH", file=sys.stderr)
+        return EXIT_BAD_ROOT
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MMRAG_HOME": str(settings.home.resolve()),
+           "MMRAG_AUTOMATION": "on"}
+    children = []
+    if settings.is_milvus_lite:
+        port = args.milvus_port or free_port()
+        data_dir = settings.resolved_milvus_uri
+        children.append(Child("milvus", [venv_tool("milvus-lite"), "server", "--data-dir", data_dir,
+                                         "--host", "127.0.0.1", "--port", str(port)], ready_port=port,
+                              listens=f"grpc://127.0.0.1:{port} (Milvus Lite server on {data_dir})"))
+        env["MMRAG_MILVUS_URI"] = f"http://127.0.0.1:{port}"
+    busy = [p for p in (args.api_port, args.ui_port, args.dagster_port) if port_open(p)]
+    if busy:
+        print(f"mmrag up: port {busy[0]} is in use: pick another with --api-port/--ui-port/--dagster-port",
+              file=sys.stderr)
+        return EXIT_BAD_ROOT
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    me = [sys.executable, "-m", "mmrag.cli"]
+    children += [
+        Child("daemon", [venv_tool("dagster-daemon"), "run", "-w", workspace]),
+        Child("dagster", [venv_tool("dagster-webserver"), "-w", workspace, "-h", args.host, "-p", str(args.dagster_port)],
+              ready_port=args.dagster_port, listens=f"http://{args.host}:{args.dagster_port} (Dagster UI)"),
+        Child("api", [*me, "api", "--host", args.host, "--port", str(args.api_port)], ready_port=args.api_port,
+              listens=f"http://{args.host}:{args.api_port}/v1 (query API)"),
+        Child("ui", [*me, "ui", "--host", args.host, "--port", str(args.ui_port)], ready_port=args.ui_port,
+              listens=f"http://{args.host}:{args.ui_port} (chat page)"),
+    ]
+    print(f"mmrag up: data dir {settings.home.resolve()}, watching {', '.join(sorted(manifest.sources()))}",
+          flush=True)
+    sup = Supervisor(children, env, settings.home / "logs", say=lambda m: print(m, flush=True))
+    if settings.is_milvus_lite:  # other processes on this data dir find the server (Settings.from_env)
+        sup.on_started["milvus"] = lambda child: _write_json(settings.home / LITE_SERVER,
+                                                             {"uri": env["MMRAG_MILVUS_URI"], **owner_tags(child.proc.pid)})
+    try:
+        return run_children(sup, manifest)
+    finally:
+        (settings.home / LITE_SERVER).unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
 def _status_word(f: dict) -> str:
     """`failed (content)`, `failed (retry 14:05)`, `partial (retry due)`, or the status itself."""
     import time
@@ -457,6 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     pa = sub.add_parser("api", help="the query API over HTTP (POST /v1/query, /v1/chat/completions, GET /v1/status)")
     pa.add_argument("--host", default="127.0.0.1", help="a non-loopback address needs MMRAG_API_KEY")
     pa.add_argument("--port", type=int, default=8000)
+    pup = sub.add_parser("up", help="run the service: Milvus server, Dagster daemon + UI (sensor, schedule), "
+                                    "query API, chat page")
+    pup.add_argument("roots", nargs="*", metavar="ROOT", help="folders to watch (added to those already ingested)")
+    pup.add_argument("--host", default="127.0.0.1", help="a non-loopback address needs MMRAG_API_KEY")
+    pup.add_argument("--api-port", type=int, default=8000)
+    pup.add_argument("--ui-port", type=int, default=8501)
+    pup.add_argument("--dagster-port", type=int, default=3000)
+    pup.add_argument("--milvus-port", type=int, default=0, help="default: a free port")
     pu = sub.add_parser("ui", help="the chat page (Streamlit): ask, see the answer, cited chunks, images, frames")
     pu.add_argument("--port", type=int, default=8501)
     pu.add_argument("--host", default="127.0.0.1")
@@ -470,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api}[args.cmd](args)
+                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api, "up": cmd_up}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY

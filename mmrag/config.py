@@ -19,6 +19,23 @@ from mmrag.blocks import PIPELINE_VERSION
 PROMPT_VERSION = "1"
 
 
+LITE_SERVER = "milvus-server.json"  # under MMRAG_HOME while `mmrag up` serves its Milvus Lite data dir
+
+
+def served_lite_uri(home: Path) -> str:
+    """The URI of the Milvus Lite server that `mmrag up` runs on this data dir, if it is running: every
+    other process (`mmrag ingest`, `query`, `gc`...) then uses it instead of opening the locked data dir."""
+    import json
+
+    try:
+        info = json.loads((Path(home) / LITE_SERVER).read_text())
+    except (OSError, ValueError):
+        return ""
+    from mmrag.runs import owner_alive
+
+    return info.get("uri", "") if owner_alive(info) else ""
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     return int(raw) if raw else default
@@ -73,9 +90,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         d = cls()
+        home = Path(env.get("MMRAG_HOME") or d.home).expanduser()
         return cls(
-            home=Path(env.get("MMRAG_HOME") or d.home).expanduser(),
-            milvus_uri=env.get("MMRAG_MILVUS_URI", d.milvus_uri),
+            home=home,
+            milvus_uri=env.get("MMRAG_MILVUS_URI") or served_lite_uri(home) or d.milvus_uri,
             milvus_token=env.get("MMRAG_MILVUS_TOKEN", d.milvus_token),
             milvus_db=env.get("MMRAG_MILVUS_DB", d.milvus_db),
             collection_prefix=env.get("MMRAG_COLLECTION_PREFIX") or d.collection_prefix,

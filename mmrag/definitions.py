@@ -1,5 +1,7 @@
-"""The one Definitions object that workspace.yaml loads. Nothing here reads the environment: every
-resource resolves its unset fields from MMRAG_* variables when a run starts."""
+"""The one Definitions object that workspace.yaml loads. Every resource resolves its unset fields
+from MMRAG_* variables when a run starts; only the sensor's interval and whether the sensor and the
+schedule start switched on (MMRAG_SENSOR_INTERVAL_S, MMRAG_AUTOMATION: `mmrag up` sets them) are read
+when the definitions load."""
 
 from __future__ import annotations
 

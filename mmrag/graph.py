@@ -487,6 +487,7 @@ class GraphStore:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         p = QueryParam(mode=mode, only_need_context=True, top_k=top_k, chunk_top_k=top_k, enable_rerank=False)
+        self.refresh()
         if mode != "naive" and self.llm is None:
             p.hl_keywords, p.ll_keywords = [question], [question]
         res = self.run(self.rag.aquery_llm(question, p))
@@ -495,6 +496,32 @@ class GraphStore:
                 return ""
             raise RuntimeError(res.get("message", "LightRAG query failed"))
         return (res.get("llm_response") or {}).get("content") or ""
+
+    def refresh(self) -> bool:
+        """For a reader in another process than the writer: when a write session has committed since
+        this process loaded the stores, drop them (without writing anything) so the next use loads
+        the newer graph. One SQLite read when nothing changed. Returns whether it reloads."""
+        with self._lock:
+            if self._rag is None or self.snapshot.active:
+                return False
+            if self.manifest.committed_graph_txn(self.workspace) == self._loaded_txn:
+                return False
+            self.run(self._adrop())
+            self._rag = None
+            _OPEN.pop(self.workspace, None)
+            return True
+
+    async def _adrop(self) -> None:
+        """Forget the in-memory stores: vector stores close their clients, nothing is persisted (a
+        reader's LLM cache must not overwrite the writer's file)."""
+        rag = self._rag
+        for vdb in (rag.entities_vdb, rag.relationships_vdb, rag.chunks_vdb):
+            with contextlib.suppress(Exception):
+                await vdb.finalize()
+        from lightrag.kg import shared_storage as ss
+        for d in (ss._shared_dicts, ss._init_flags, ss._update_flags):
+            for k in [k for k in (d or {}) if k.startswith(self.workspace + ":")]:
+                d.pop(k, None)
 
     def close(self) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ from mmrag_resources.llm import LLMResource
 from mmrag_resources.milvus import MilvusResource
 from mmrag_resources.parsers import ParserResource
 from mmrag_resources.whisper import WhisperResource
-from schedules.watch import watched_roots
+from schedules.watch import schedule_status, watched_roots
 
 
 def stale_partitions(instance, manifest, roots: dict, fingerprint: str) -> list[str]:
@@ -34,7 +34,7 @@ def stale_partitions(instance, manifest, roots: dict, fingerprint: str) -> list[
     return stale
 
 
-@schedule(name="reindex_schedule", cron_schedule="0 3 * * *", job=ingest_job,
+@schedule(name="reindex_schedule", cron_schedule="0 3 * * *", job=ingest_job, default_status=schedule_status(),
           description="Re-index files whose content or pipeline config changed since they were indexed.")
 def reindex_schedule(context: ScheduleEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource,
                      parsers: ParserResource, llm: LLMResource, text_embedder: TextEmbedderResource,

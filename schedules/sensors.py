@@ -31,7 +31,7 @@ from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.milvus import MilvusResource
-from schedules.watch import watched_roots
+from schedules.watch import sensor_interval_s, sensor_status, watched_roots
 
 
 REQUEST_TTL_S = 6 * 3600
@@ -41,8 +41,8 @@ def _run_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-@sensor(name="watch_folders", jobs=[ingest_job, cleanup_job], minimum_interval_seconds=30,
-        description="Ingest new and changed files of the watched folders; clean up deleted ones.")
+@sensor(name="watch_folders", jobs=[ingest_job, cleanup_job], minimum_interval_seconds=sensor_interval_s(),
+        default_status=sensor_status(), description="Ingest new and changed files of the watched folders; clean up deleted ones.")
 def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource):
     manifest = data_dir.manifest()
     roots = watched_roots(manifest)

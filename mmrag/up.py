@@ -1,0 +1,203 @@
+"""`mmrag up`: every part of the service in one foreground command, on loopback by default.
+
+Children, started in this order and stopped in the reverse one:
+1. the Milvus server: Milvus Lite's own gRPC server (`milvus-lite server`) on the data dir that the
+   embedded default uses, so the index ingested by `mmrag ingest` is the one served; skipped when
+   MMRAG_MILVUS_URI names a server. Every other child talks to it over gRPC: many processes, one index.
+2. `dagster-daemon` (the `watch_folders` sensor and the `reindex_schedule` run, MMRAG_AUTOMATION=on;
+   the sensor ticks every MMRAG_SENSOR_INTERVAL_S) and `dagster-webserver`, on the project's workspace
+   and the CLI's DAGSTER_HOME;
+3. the query API (`mmrag api`) and the chat page (`mmrag ui`).
+
+A child that exits is reported with its exit status and the last lines of its log
+($MMRAG_HOME/logs/<name>.log) and started again, at most `RESTARTS` times; then `up` stops everything
+and exits 1. SIGINT (Ctrl-C) or SIGTERM stops the children (SIGTERM, then SIGKILL after a grace
+period) and leaves none running. While it runs it prints one status line whenever the manifest's
+counts change.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+RESTARTS = 3
+STOP_GRACE_S = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    cmd: list[str]
+    ready_port: int | None = None  # accepting connections here = started
+    listens: str = ""  # what to print
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    log: Path | None = None
+    extra_env: dict = field(default_factory=dict)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], env: dict, log_dir: Path, say: Callable[[str], None] = print):
+        self.children, self.env, self.log_dir, self.say = children, env, log_dir, say
+        self.on_started: dict[str, Callable[[Child], None]] = {}  # child name -> called once it is up
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, child: Child, wait_s: float = 180.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        child.log = self.log_dir / f"{child.name}.log"
+        out = open(child.log, "ab")
+        child.proc = subprocess.Popen(child.cmd, env={**self.env, **child.extra_env}, stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        if child.ready_port is None:
+            self._started(child)
+            return
+        deadline = time.monotonic() + wait_s
+        while not port_open(child.ready_port):
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {_status(child.proc.returncode)} while starting:\n"
+                                   f"{_tail(child.log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{child.name} did not listen on port {child.ready_port} within {wait_s:.0f} s:\n"
+                                   f"{_tail(child.log)}")
+            time.sleep(0.3)
+        self._started(child)
+
+    def _started(self, child: Child) -> None:
+        if hook := self.on_started.get(child.name):
+            hook(child)
+
+    def start_all(self) -> None:
+        for child in self.children:
+            self.start(child)
+            if child.listens:
+                self.say(f"  {child.name:10s} {child.listens}")
+
+    def check(self) -> bool:
+        """Restart children that exited (bounded); False when one exhausted its restarts."""
+        for child in self.children:
+            if self._stopping or child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            self.say(f"mmrag up: {child.name} exited with {_status(code)}; last lines of {child.log}:\n{_tail(child.log)}")
+            if child.restarts >= RESTARTS:
+                self.say(f"mmrag up: {child.name} failed {child.restarts + 1} times: stopping")
+                return False
+            child.restarts += 1
+            self.say(f"mmrag up: restarting {child.name} ({child.restarts}/{RESTARTS})")
+            try:
+                self.start(child)
+            except RuntimeError as e:
+                self.say(f"mmrag up: {e}")
+        return True
+
+    def stop_all(self) -> None:
+        self._stopping = True
+        for child in reversed(self.children):
+            proc = child.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in reversed(self.children):
+            proc = child.proc
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"mmrag up: {child.name} did not stop within {STOP_GRACE_S:.0f} s: killing it")
+            _signal_group(proc, signal.SIGKILL)  # whatever it left behind in its group
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _status(code: int | None) -> str:
+    if code is None:
+        return "no status"
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _tail(path: Path | None, n: int = 12) -> str:
+    if path is None or not path.exists():
+        return "  (no log)"
+    lines = path.read_text(errors="replace").splitlines()[-n:]
+    return "\n".join("  | " + ln for ln in lines)
+
+
+def counts_line(manifest) -> str:
+    """One status line: how many files are indexed, in flight, failed, skipped."""
+    from collections import Counter
+
+    c = Counter(r.status for r in manifest.all())
+    done = c["indexed"] + c["partial"]
+    return (f"{done} indexed, {c['indexing'] + c['pending']} in progress, {c['failed']} failed, "
+            f"{c['skipped']} skipped")
+
+
+def run_children(sup: Supervisor, manifest, poll_s: float = 1.0) -> int:
+    """Supervise until a signal (0) or a child out of restarts (1)."""
+    stop = {"sig": None}
+
+    def on_signal(signum, _frame):
+        stop["sig"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code, last = 0, ""
+    try:
+        sup.start_all()
+        sup.say("mmrag up: running; Ctrl-C stops every part")
+        while stop["sig"] is None:
+            if not sup.check():
+                code = 1
+                break
+            try:
+                line = counts_line(manifest)
+            except Exception:  # noqa: BLE001 - the manifest is being created
+                line = last
+            if line != last:
+                sup.say(f"mmrag up: {line}")
+                last = line
+            time.sleep(poll_s)
+    except RuntimeError as e:
+        sup.say(f"mmrag up: {e}")
+        code = 1
+    finally:
+        sup.say("mmrag up: stopping")
+        sup.stop_all()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return code
+
+
+def venv_tool(name: str) -> str:
+    """A console script of this environment (dagster-daemon...), even when the venv is not on PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name

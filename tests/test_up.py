@@ -1,0 +1,110 @@
+"""`mmrag up` for real: the Milvus Lite server, dagster-daemon (sensor on), dagster-webserver, the query
+API and the chat page as child processes over one index. Files copied, edited and deleted in the
+watched folder show up in (and go from) the API's hits and graph context; API queries succeed while
+runs write; Ctrl-C leaves no child and no open port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import REPO, SAMPLE
+from mmrag.up import free_port, port_open
+
+
+def _wait(what: str, check, timeout: float, proc, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mmrag up exited while waiting for {what}:\n{log.read_text()[-3000:]}"
+        try:
+            if got := check():
+                return got
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def up(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(SAMPLE / "duck.md", docs)
+    home = tmp_path / "home"
+    ports = {"api": free_port(), "ui": free_port(), "dagster": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
+    env.update(MMRAG_HOME=str(home), MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1",
+               MMRAG_SENSOR_INTERVAL_S="3", PYTHONPATH=str(REPO))
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "up", str(docs), "--api-port", str(ports["api"]),
+                                 "--ui-port", str(ports["ui"]), "--dagster-port", str(ports["dagster"])],
+                                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    yield {"proc": proc, "docs": docs, "ports": ports, "log": log, "api": f"http://127.0.0.1:{ports['api']}", "env": env}
+    if proc.poll() is None:
+        proc.kill()
+        for p in psutil.Process(proc.pid).children(recursive=True) if psutil.pid_exists(proc.pid) else []:
+            p.kill()
+
+
+def _ask(api: str, question: str, mode: str = "mix") -> dict:
+    r = httpx.post(f"{api}/v1/query", json={"question": question, "top_k": 5, "mode": mode}, timeout=60)
+    r.raise_for_status()
+    return r.json()
+
+
+def _files(res: dict) -> set[str]:
+    return {h["file"] for h in res["hits"]}
+
+
+def test_up_serves_a_live_index_and_stops_cleanly(up):
+    api, proc, log, docs = up["api"], up["proc"], up["log"], up["docs"]
+    _wait("duck.md in the API's hits", lambda: "duck.md" in _files(_ask(api, "Which ducks dabble?")), 240, proc, log)
+
+    # The CLI works beside it: `mmrag ingest` goes to up's Milvus server (not the locked data dir).
+    other = docs.parent / "other"
+    other.mkdir()
+    (other / "swans.md").write_text("# Swans\n\nMute swans hiss at intruders near their nests.\n")
+    cli = subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(other), "--json"], cwd=REPO,
+                         env={**up["env"]}, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "swans.md" in _files(_ask(api, "Which birds hiss at intruders?", mode="naive"))
+
+    # A second batch: while its run writes, the API keeps answering.
+    shutil.copy(SAMPLE / "table_06.html", docs)
+    (docs / "grebes.md").write_text("# Grebes\n\nGrebes build floating nests of reeds on quiet lakes.\n")
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda i: httpx.post(f"{api}/v1/query", json={"question": f"ducks {i}", "top_k": 3},
+                                                   timeout=60).status_code, range(20)))
+    assert codes == [200] * 20
+    found = _wait("grebes.md with its graph context",
+                  lambda: (r := _ask(api, "Which birds build floating nests?")) and "grebes.md" in _files(r)
+                  and "grebes.md" in r["graph_context"] and r, 240, proc, log)
+    assert "docs:grebes.md" in found["graph_context"]
+
+    (docs / "grebes.md").write_text("# Grebes\n\nGrebes carry their striped chicks on their backs.\n")
+    _wait("the edited text", lambda: any("striped chicks" in h["text"] for h in _ask(api, "striped chicks")["hits"]),
+          240, proc, log)
+    assert not any("floating nests" in h["text"] for h in _ask(api, "floating nests of reeds")["hits"])
+
+    (docs / "grebes.md").unlink()
+    _wait("grebes.md gone", lambda: (r := _ask(api, "Which birds carry striped chicks?"))
+          and "grebes.md" not in _files(r) and "grebes.md" not in r["graph_context"], 240, proc, log)
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 5  # milvus, daemon (+ its code server), webserver, api, ui
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    time.sleep(1)
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not any(port_open(p) for p in up["ports"].values())
