@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
+from browser_tools import browser  # noqa: F401  (chromium through Selenium, for the chat page's tests)
 from corpus_gen import SAMPLE, build_bad  # noqa: F401  (SAMPLE: re-exported for the tests)
 from fixtures_llm import openai_server  # noqa: F401  (the loopback OpenAI-compatible server)
 
