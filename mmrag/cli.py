@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,15 +22,21 @@ EXIT_FAILED_FILES, EXIT_BAD_ROOT, EXIT_BUSY, EXIT_ANSWER_FAILED = 1, 2, 3, 4
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
-    """Point DAGSTER_HOME at $MMRAG_HOME/dagster (unless set) and give it the project's dagster.yaml."""
+    """Point DAGSTER_HOME at $MMRAG_HOME/dagster (unless set) and write its dagster.yaml there: the
+    project's, with Postgres storage when MMRAG_DAGSTER_PG_URL is set (`mmrag.instance`)."""
+    from mmrag.instance import PG_URL_VAR, set_driver, uses_pg_url, write_instance_yaml
+
+    set_driver(os.environ)
     if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    home = (settings.home / "dagster").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    template = REPO_ROOT / "dagster.yaml"
-    if template.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(template, home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
+        home = Path(os.environ["DAGSTER_HOME"])
+    else:
+        home = (settings.home / "dagster").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        write_instance_yaml(home, REPO_ROOT / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
+    if os.environ.get(PG_URL_VAR) and not uses_pg_url(home):
+        print(f"mmrag: {PG_URL_VAR} is set but {home / 'dagster.yaml'} (not written by mmrag) does not use it: "
+              "the instance keeps the storage that file names (delete it to have mmrag write it)", file=sys.stderr)
     return home
 
 

@@ -12,13 +12,16 @@ demo=1
 
 # 1. System packages: Tesseract (OCR of images and scanned pages), ffmpeg (audio/video decoding),
 #    espeak-ng (the tests speak known sentences to check transcript timing), chromium and its
-#    chromedriver (the chat page's browser test drives them headless through Selenium).
+#    chromedriver (the chat page's browser test drives them headless through Selenium), PostgreSQL's
+#    server binaries (tests/test_postgres.py starts its own server in a temp dir for the Dagster
+#    storage tests; mmrag itself only needs a server when MMRAG_DAGSTER_PG_URL is set).
 need=()
 command -v tesseract >/dev/null || need+=(tesseract-ocr tesseract-ocr-eng)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || [ -x /usr/lib/chromium/chromedriver ] || need+=(chromium-driver)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "==> apt-get install ${need[*]}"
