@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 
 class BlobStore:
@@ -32,17 +33,18 @@ class BlobStore:
             os.replace(tmp, dest)
         return digest, dest
 
-    def put_file(self, src: Path, head_bytes: int = 8192) -> tuple[str, int, Path, bytes]:
+    def put_file(self, src: Path, head_bytes: int = 8192, fin: BinaryIO | None = None) -> tuple[str, int, Path, bytes]:
         """Copy `src` in while hashing it (one read); returns (sha256, size, stored path, first
-        `head_bytes` bytes for type detection)."""
+        `head_bytes` bytes for type detection). `fin`: `src` already opened (by `mmrag.roots`); it
+        is closed here."""
         self.root.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
         size = 0
         head = b""
         fd, tmp = tempfile.mkstemp(dir=self.root)
         try:
-            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                while chunk := fin.read(1 << 20):
+            with fin if fin is not None else open(src, "rb") as reader, os.fdopen(fd, "wb") as fout:
+                while chunk := reader.read(1 << 20):
                     if len(head) < head_bytes:
                         head += chunk[: head_bytes - len(head)]
                     h.update(chunk)
@@ -86,8 +88,12 @@ class BlobStore:
 
 
 def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        return hash_stream(f)
+
+
+def hash_stream(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
     return h.hexdigest()

@@ -63,12 +63,17 @@ class EmbeddedFile:
 
 
 def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: BlobStore) -> RawFile | FileOutcome:
+    from mmrag.roots import OutsideRoot, open_source
+
     path = Path(root) / rel_path
     try:
-        st = os.stat(path)
-        digest, size, stored, head = blobs.put_file(path)
+        fin = open_source(root, rel_path)  # the same rules as the scan, checked again at the read
+        st = os.fstat(fin.fileno())
+        digest, size, stored, head = blobs.put_file(path, fin=fin)
     except FileNotFoundError:
         return FileOutcome(file_key, "skipped", "the file no longer exists")
+    except OutsideRoot as e:
+        return FileOutcome(file_key, "skipped", str(e))
     except PermissionError as e:
         return FileOutcome(file_key, "failed", f"cannot read the file: {e}")
     # Detect from the snapshot with the source's name, so the extension still informs the type.
@@ -89,7 +94,8 @@ def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: B
                                digest, size, st.st_mtime)
         for sub in paired if detected.kind != "subtitles" else []:
             try:
-                sidecars.append((sub, str(blobs.put_file(Path(root) / sub)[2]), sidecar_tag(sub, rel_path)))
+                stored_sub = blobs.put_file(Path(root) / sub, fin=open_source(root, sub))[2]
+                sidecars.append((sub, str(stored_sub), sidecar_tag(sub, rel_path)))
             except OSError:
                 continue  # gone since the listing: the next sync re-plans this file
     return RawFile(file_key, source, root, rel_path, str(stored), digest, size, st.st_mtime, detected, sidecars)

@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmrag.blobs import hash_file
+from mmrag.blobs import hash_stream
 from mmrag.ids import file_key, is_valid_key
+from mmrag.roots import OutsideRoot, check_source, open_source, symlink_mode
 from mmrag.state import CONTENT, FileRecord
 
+DIR_LINK = "a symlink to a folder: not walked (a folder inside the root is read by its own path)"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -43,7 +45,11 @@ class SyncPlan:
         return self.new + self.changed + self.stale
 
 
-def scan_root(root: str | Path, source: str) -> Scan:
+def scan_root(root: str | Path, source: str, symlinks: str | None = None) -> Scan:
+    """Stat every file under `root` that may be read (`mmrag.roots`: real path inside the root, a
+    regular file); what may not is listed in `ignored` with the reason, unopened. Hidden names
+    (a leading dot) are left out silently. `symlinks`: MMRAG_SYMLINKS's value by default."""
+    mode = symlink_mode() if symlinks is None else symlinks
     root = Path(root).expanduser()
     scan = Scan(source, str(root.resolve()) if root.exists() else str(root))
     if not root.is_dir():
@@ -54,8 +60,16 @@ def scan_root(root: str | Path, source: str) -> Scan:
     except OSError as e:
         scan.error = f"root {root} is unreadable: {e}"
         return scan
+    root_real = Path(os.path.realpath(root))
     for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        walk = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            if os.path.islink(os.path.join(dirpath, d)):
+                rel = (Path(dirpath) / d).relative_to(root).as_posix()
+                scan.ignored.append((rel, DIR_LINK))
+            else:
+                walk.append(d)
+        dirnames[:] = walk
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -66,14 +80,20 @@ def scan_root(root: str | Path, source: str) -> Scan:
                 scan.ignored.append((rel, "the path has characters Dagster partition keys cannot hold"))
                 continue
             try:
-                st = full.stat()
+                _, st = check_source(root_real, full, mode)
+            except OutsideRoot as e:
+                scan.ignored.append((rel, str(e)))
+                continue
             except OSError as e:
                 scan.ignored.append((rel, f"cannot stat: {e}"))
                 continue
-            if not full.is_file():
-                continue
             scan.files[key] = (rel, st.st_size, st.st_mtime)
     return scan
+
+
+def _hash_source(root: str, rel: str) -> str:
+    with open_source(root, rel) as f:
+        return hash_stream(f)
 
 
 def retry_due(rec: FileRecord, now: float, retry_failed: bool = False) -> bool:
@@ -93,7 +113,7 @@ def retry_due(rec: FileRecord, now: float, retry_failed: bool = False) -> bool:
 
 
 def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
-              fingerprint: str | None = None, hasher=hash_file, *, now: float | None = None,
+              fingerprint: str | None = None, hasher=None, *, now: float | None = None,
               retry_failed: bool = False) -> SyncPlan:
     """Compare a scan with the manifest and the existing partitions (one read each, set diffs).
 
@@ -112,9 +132,9 @@ def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
             continue
         if rec.size != size or rec.mtime != mtime:
             try:
-                digest = hasher(Path(scan.root) / rel)
+                digest = hasher(Path(scan.root) / rel) if hasher else _hash_source(scan.root, rel)
             except OSError:
-                continue  # vanished between stat and read: the next tick sees it
+                continue  # vanished (or turned into a link or a FIFO) since the scan: the next tick sees it
             if digest != rec.content_hash:
                 plan.changed.append(key)
                 continue
