@@ -275,10 +275,10 @@ def _public_without_key(host: str) -> str:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if loopback or os.environ.get("MMRAG_API_KEY"):
+    if loopback or os.environ.get("MMRAG_API_KEY") or os.environ.get("MMRAG_API_KEYS"):
         return ""
-    return (f"mmrag: refusing to serve the index on {host} without MMRAG_API_KEY: anyone who can reach that "
-            "address could read it. Set MMRAG_API_KEY (clients send Authorization: Bearer <key>) or bind 127.0.0.1.")
+    return (f"mmrag: refusing to serve the index on {host} without MMRAG_API_KEY or MMRAG_API_KEYS: anyone who can "
+            "reach that address could read it. Set one (clients send Authorization: Bearer <key>) or bind 127.0.0.1.")
 
 
 def cmd_api(args) -> int:
@@ -288,12 +288,18 @@ def cmd_api(args) -> int:
     from mmrag.api import create_app
     from mmrag.service import announce, withdraw
 
-    key = os.environ.get("MMRAG_API_KEY", "")
+    from mmrag.access import keyring
+
     if refused := _public_without_key(args.host):
         print(refused, file=sys.stderr)
         return EXIT_BAD_ROOT
+    try:
+        keys = keyring()
+    except ValueError as e:
+        print(f"mmrag: {e}", file=sys.stderr)
+        return EXIT_BAD_ROOT
     settings = Settings.from_env()
-    app = create_app(settings, api_key=key or None)
+    app = create_app(settings, keys=keys)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ from mmrag.lightrag_runtime import _OPEN, _Loop, _milvus_env, _SharedTokenizer, 
 from mmrag.tokenize import TOKENIZER
 
 MODES = ("naive", "local", "global", "hybrid", "mix")
+GRAPH_SEP = "<SEP>"  # LightRAG's separator of merged values (lightrag.constants.GRAPH_FIELD_SEP)
 REL_SEP = "\x1f"  # manifest ref of a relation: "src\x1ftgt", endpoints sorted
 MAX_DOC_ID_BYTES = 64  # ... and a chunk's document id in VARCHAR(64)
 WRITER_WAIT_S = 3600.0  # how long a write session waits for another process's session to end
@@ -480,12 +482,15 @@ class GraphStore:
         self.rag  # noqa: B018
         return self.run(self._astats())
 
-    def query_context(self, question: str, mode: str = "mix", top_k: int = 10) -> str:
+    def query_context(self, question: str, mode: str = "mix", top_k: int = 10, sources=None) -> str:
         """Retrieved context only, no answer. Keyword modes ask the LLM for keywords; without an LLM
-        the question itself is used as the high- and low-level keyword."""
+        the question itself is used as the high- and low-level keyword. `sources`: only what those
+        sources contributed (`_scoped_context`); None = the whole graph."""
         from lightrag import QueryParam
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if sources is not None:
+            return self._scoped_context(question, mode, top_k, set(sources))
         p = QueryParam(mode=mode, only_need_context=True, top_k=top_k, chunk_top_k=top_k, enable_rerank=False)
         self.refresh()
         if mode != "naive" and self.llm is None:
@@ -496,6 +501,60 @@ class GraphStore:
                 return ""
             raise RuntimeError(res.get("message", "LightRAG query failed"))
         return (res.get("llm_response") or {}).get("content") or ""
+
+    def _scoped_context(self, question: str, mode: str, top_k: int, sources: set[str]) -> str:
+        """The graph context of `question` with only what `sources` may see, from LightRAG's retrieval
+        data (`aquery_data`), filtered by the manifest's graph references (which files hold each
+        entity, relation and chunk) before anything is formatted:
+        - an entity or a relation is kept only when every file holding it is in `sources`: LightRAG
+          merges the descriptions of every mention, so one from another source would leak its words;
+        - a chunk is kept when a file in `sources` holds it (the same text, in a file the caller may read).
+        LightRAG retrieves three times `top_k` so that filtering still leaves up to `top_k` of each."""
+        from lightrag import QueryParam
+
+        p = QueryParam(mode=mode, top_k=3 * top_k, chunk_top_k=3 * top_k, enable_rerank=False)
+        self.refresh()
+        if mode != "naive" and self.llm is None:
+            p.hl_keywords, p.ll_keywords = [question], [question]
+        res = self.run(self.rag.aquery_data(question, p))
+        if res.get("status") != "success":
+            if res.get("metadata", {}).get("failure_reason") == "no_results" or not res.get("data"):
+                return ""
+            raise RuntimeError(res.get("message", "LightRAG query failed"))
+        data = res.get("data") or {}
+
+        def holders(kind: str, ref: str) -> list[str]:
+            return self.manifest.ref_holders(kind, ref)
+
+        def all_in(files: list[str]) -> bool:
+            return bool(files) and all(f.partition(":")[0] in sources for f in files)
+
+        ents, rels, chunks = [], [], []
+        for e in data.get("entities") or []:
+            files = holders("entity", e.get("entity_name", ""))
+            if all_in(files) and len(ents) < top_k:
+                ents.append({"entity": e["entity_name"], "type": e.get("entity_type", ""),
+                             "description": e.get("description", ""), "file_path": GRAPH_SEP.join(files)})
+        for r in data.get("relationships") or []:
+            a, b = sorted((r.get("src_id", ""), r.get("tgt_id", "")))
+            files = holders("relation", REL_SEP.join((a, b)))
+            if all_in(files) and len(rels) < top_k:
+                rels.append({"entity1": a, "entity2": b, "description": r.get("description", ""),
+                             "file_path": GRAPH_SEP.join(files)})
+        refs: dict[str, int] = {}
+        for c in data.get("chunks") or []:
+            mine = [f for f in holders("chunk", c.get("chunk_id", "")) if f.partition(":")[0] in sources]
+            if mine and len(chunks) < top_k:
+                n = refs.setdefault(mine[0], len(refs) + 1)
+                chunks.append({"reference_id": str(n), "content": c.get("content", "")})
+        if not (ents or rels or chunks):
+            return ""
+        lines = lambda items: "\n".join(json.dumps(i, ensure_ascii=False) for i in items)  # noqa: E731
+        ref_list = "\n".join(f"[{n}] {f}" for f, n in refs.items())
+        return (f"Knowledge Graph Data (Entity):\n\n```json\n{lines(ents)}\n```\n\n"
+                f"Knowledge Graph Data (Relationship):\n\n```json\n{lines(rels)}\n```\n\n"
+                f"Document Chunks (Each entry has a reference_id refer to the `Reference Document List`):\n\n"
+                f"```json\n{lines(chunks)}\n```\n\nReference Document List:\n\n```\n{ref_list}\n```\n")
 
     def refresh(self) -> bool:
         """For a reader in another process than the writer: when a write session has committed since

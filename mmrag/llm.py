@@ -26,6 +26,8 @@ import openai
 from openai import OpenAI
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from mmrag.redact import scrub
+
 # Generation parameters forwarded from `chat(**kw)` / `acomplete(**kwargs)`; anything else (LightRAG's
 # `hashing_kv`, `keyword_extraction`, `stream`, `_priority`, ...) is ignored.
 _FORWARDED = {
@@ -241,7 +243,7 @@ class LLMClient:
             n = self.retries + 1
             tries = f" after {n} attempt{'s' if n > 1 else ''}" if transient else ""
             raise LLMError(
-                f"{what} to {self.base_url} failed{tries}: {_server_message(e)}",
+                scrub(f"{what} to {self.base_url} failed{tries}: {_server_message(e)}"),
                 status=getattr(e, "status_code", None),
                 retryable=transient,
             ) from e

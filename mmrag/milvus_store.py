@@ -267,6 +267,17 @@ class MilvusStore:
                 it.close()
         return out
 
+    def image_row(self, row_id: str) -> dict | None:
+        """The row `row_id` (either collection) if it has an image: its file key, source and image_path."""
+        for modality in (IMAGE, TEXT):
+            if (name := self._loaded(modality)) is None:
+                continue
+            res = self.client.query(name, filter=f"id == {quote(row_id)} and image_path != \"\"",
+                                    output_fields=["file_key", "source", "image_path"], limit=1)
+            if res:
+                return res[0]
+        return None
+
     def ids_for_file(self, modality: str, file_key: str) -> list[str]:
         name = self._loaded(modality)
         if name is None:

@@ -263,7 +263,7 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
             from mmrag.llm import LLMClient
 
             graph = open_graph(settings, text_embedder, LLMClient.from_settings(settings))
-        context = graph.query_context(question, mode=mode, top_k=max(top_k, 10))
+        context = graph.query_context(question, mode=mode, top_k=max(top_k, 10), sources=sources or None)
         timings["graph"] = (time.perf_counter() - t2) * 1000
     return {"hits": hits, "graph_context": context, "mode": mode,
             "timings_ms": {k: round(v, 1) for k, v in timings.items()}}

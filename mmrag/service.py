@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmrag.access import OPEN, Scope
 from mmrag.config import Settings
 
 DISCOVERY = "api.json"  # under MMRAG_HOME: where the running query server listens
@@ -101,12 +102,14 @@ class QueryService:
 
     # -- requests --------------------------------------------------------------------------------
     def query(self, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
-              modalities=None, answer: bool = False, images: bool = True) -> dict:
-        """The object `mmrag query --json` prints."""
+              modalities=None, answer: bool = False, images: bool = True, scope: Scope = OPEN) -> dict:
+        """The object `mmrag query --json` prints. `scope`: the sources the caller may read
+        (`Forbidden` for a source or file outside it; no source named = every source in it)."""
         from mmrag.answer import answer as write_answer
         from mmrag.query import retrieve
 
         check_request(question, top_k, mode, modalities)
+        sources = scope.sources_for(sources, files)
         res = retrieve(self.settings, question, top_k=top_k, mode=mode, sources=sources or None,
                        files=files or None, modalities=modalities or None, with_images=images,
                        text_embedder=self.text_embedder(), image_embedder=self.image_embedder() if images else None,
@@ -117,8 +120,9 @@ class QueryService:
                 "mode": mode, "graph_context": res["graph_context"]}
 
 
-def status_json(settings: Settings) -> dict:
-    """The object `mmrag status --json` prints: per source its files, rows, stale and deleted files."""
+def status_json(settings: Settings, scope: Scope = OPEN) -> dict:
+    """The object `mmrag status --json` prints: per source its files, rows, stale and deleted files;
+    only the sources `scope` may read."""
     from mmrag.state import Manifest
     from mmrag.sync import plan_sync, scan_root
 
@@ -126,6 +130,8 @@ def status_json(settings: Settings) -> dict:
     fp = settings.fingerprint()
     sources = {}
     for name, root in manifest.sources().items():
+        if not scope.allows(name):
+            continue
         recs = manifest.all(name)
         scan = scan_root(root, name)
         plan = plan_sync(scan, {r.file_key: r for r in recs}, {r.file_key for r in recs}, fingerprint=fp)

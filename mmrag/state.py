@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from mmrag.redact import scrub
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     file_key TEXT PRIMARY KEY,
@@ -136,6 +138,7 @@ class Manifest:
 
     def upsert(self, rec: FileRecord) -> None:
         rec.updated_at = time.time()
+        rec.reason = scrub(rec.reason) if rec.reason else rec.reason  # errors that echo a URL or a key
         vals = [getattr(rec, k) for k in FILE_COLUMNS]
         sets = ",".join(f"{k}=excluded.{k}" for k in FILE_COLUMNS[1:])
         with self._conn() as c:
@@ -149,6 +152,8 @@ class Manifest:
         if not fields:
             return
         fields["updated_at"] = time.time()
+        if fields.get("reason"):
+            fields["reason"] = scrub(fields["reason"])
         sets = ",".join(f"{k}=?" for k in fields)
         with self._conn() as c:
             c.execute(f"UPDATE files SET {sets} WHERE file_key=?", (*fields.values(), file_key))

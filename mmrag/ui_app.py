@@ -7,6 +7,9 @@ modality, score, a text snippet, and the image of figure/picture/frame hits. Mod
 client and the graph are opened once per server process (`st.cache_resource`); with Milvus Lite this
 process then holds the index's lock until it exits, so stop the page before running `mmrag ingest`.
 
+With API keys configured (MMRAG_API_KEYS / MMRAG_API_KEY, `mmrag.access`) the page asks for a key
+and shows only that key's sources: every search (graph context included) is scoped to them.
+
 Stable hooks for tests: the title "mmrag chat", containers with the keys `turn-N`, `answer-N`,
 `hit-N-M` (CSS classes `st-key-...`), and the text "no LLM configured".
 """
@@ -18,10 +21,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from mmrag.access import OPEN, Forbidden, Scope, keyring, scope_of
 from mmrag.answer import Answer, answer, where
 from mmrag.config import Settings
 from mmrag.milvus_store import IndexBusyError
 from mmrag.query import MODALITIES, MODES, open_graph, open_store, retrieve
+from mmrag.redact import redact_url, scrub
 
 TITLE = "mmrag chat"
 NO_LLM = "no LLM configured: showing retrieved context"
@@ -92,21 +97,24 @@ def sources(settings: Settings) -> list[str]:
         return []
 
 
-def ask(settings: Settings, question: str, opts: dict) -> dict:
+def ask(settings: Settings, question: str, opts: dict, scope: Scope = OPEN) -> dict:
     """One turn: {"question", "hits", "graph_context", "answer": Answer | None, "error": str}."""
     turn = {"question": question, "hits": [], "graph_context": "", "answer": None, "error": "", **opts}
     try:
         with st.spinner("Searching…"):
             res = retrieve(settings, question, top_k=opts["top_k"], mode=opts["mode"],
-                           sources=opts["sources"] or None, modalities=opts["modalities"] or None,
+                           sources=scope.sources_for(opts["sources"] or None), modalities=opts["modalities"] or None,
                            text_embedder=text_embedder(), image_embedder=image_embedder(), store=store(),
                            graph=graph() if opts["mode"] != "naive" else None)
         turn["hits"], turn["graph_context"] = res["hits"], res["graph_context"]
     except IndexBusyError as e:
         turn["error"] = f"The index is busy: {e}"
         return turn
+    except Forbidden as e:
+        turn["error"] = str(e)
+        return turn
     except Exception as e:  # noqa: BLE001 - shown on the page, never as a traceback
-        turn["error"] = f"Search failed: {type(e).__name__}: {' '.join(str(e).split())}"
+        turn["error"] = scrub(f"Search failed: {type(e).__name__}: {' '.join(str(e).split())}")
         return turn
     if opts["use_llm"] and llm() is not None:
         with st.spinner("Writing the answer…"):
@@ -175,10 +183,19 @@ def main() -> None:
     settings = Settings.from_env()
     warm_up()
     client = llm()
+    keys = keyring()
     with st.sidebar:
+        scope = OPEN
+        if keys:
+            given = st.text_input("API key", type="password", key="api_key",
+                                  help="this index is shared: each key reads its own sources")
+            scope = scope_of(keys, f"Bearer {given}") if given else None
+            if scope is None:
+                st.warning("Enter a valid API key to search." if given else "Enter your API key to search.")
         st.header("Search")
+        readable = [s for s in sources(settings) if scope is not None and scope.allows(s)]
         opts = {
-            "sources": st.multiselect("Sources", sources(settings), key="sources", placeholder="all sources"),
+            "sources": st.multiselect("Sources", readable, key="sources", placeholder="all sources"),
             "mode": st.selectbox("Mode", MODES, key="mode",
                                  help="naive: vector + BM25 chunks; local / global / hybrid / mix add LightRAG graph context"),
             "top_k": st.slider("Top-k", 1, 20, 5, key="top_k"),
@@ -189,8 +206,8 @@ def main() -> None:
         if client is None:
             st.caption("No LLM configured (set MMRAG_LLM_URL): the page shows the retrieved context.")
         else:
-            st.caption(f"LLM: {client.model or 'default'} at {client.base_url}")
-        st.caption(f"Index: {settings.resolved_milvus_uri}")
+            st.caption(f"LLM: {client.model or 'default'} at {redact_url(str(client.base_url))}")
+        st.caption(f"Index: {redact_url(settings.resolved_milvus_uri)}")
         if st.button("Clear chat", key="clear"):
             st.session_state.turns = []
 
@@ -198,9 +215,9 @@ def main() -> None:
     turns: list[dict] = st.session_state.setdefault("turns", [])
     for t, turn in enumerate(turns, 1):
         show_turn(t, turn)
-    question = st.chat_input("Ask about the indexed files", key="question")
-    if question and question.strip():
-        turns.append(ask(settings, question.strip(), opts))
+    question = st.chat_input("Ask about the indexed files", key="question", disabled=scope is None)
+    if question and question.strip() and scope is not None:
+        turns.append(ask(settings, question.strip(), opts, scope))
         show_turn(len(turns), turns[-1])
 
 

@@ -76,18 +76,24 @@ def default_responder(request_json: dict) -> str:
 
 def lightrag_aware(request_json: dict) -> str:
     """Extraction prompts get LightRAG-format entity lines (up to three capitalised words of the
-    chunk), merge prompts a fixed summary, everything else the default reply: deterministic."""
+    chunk), merge prompts a fixed summary, keyword prompts the query's capitalised words, everything
+    else the default reply: deterministic."""
     import re
 
     prompt = prompt_text(request_json)
-    m = re.search(r"<Input Text>\s*```\n(.*?)\n```", prompt, re.S)
-    if m:
-        words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", m.group(1))))[:3]
+    # The last <Input Text> block is the chunk (LightRAG's system prompt has examples with their own).
+    found = re.findall(r"<Input Text>\s*```\n(.*?)\n```", prompt, re.S)
+    if found:
+        words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", found[-1])))[:3]
         d = "<|#|>"
         lines = [f"entity{d}{w}{d}concept{d}{w} as mentioned in the text." for w in words]
         return "\n".join([*lines, "<|COMPLETE|>"])
     if "Description List" in prompt:
         return "Merged description."
+    query = re.findall(r"User Query: (.*)", prompt)
+    if query and "high_level_keywords" in prompt:  # keyword extraction: the query's capitalised words
+        words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", query[-1])))
+        return json.dumps({"high_level_keywords": words or [query[-1]], "low_level_keywords": words or [query[-1]]})
     return default_responder(request_json)
 
 

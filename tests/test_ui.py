@@ -131,3 +131,42 @@ def test_answer_cites_hits_and_llm_errors_show_as_messages(index, browser):
             err = _wait(browser, "the LLM error", lambda d: _texts(d, ".st-key-answer-2 [data-testid=stAlert]"), log)
             assert "No answer" in err[0] and "GPU is on fire" in err[0], err
             _no_traceback(browser)
+
+
+def test_with_api_keys_the_page_asks_for_one_and_searches_only_its_sources(index, browser):
+    """MMRAG_API_KEYS set: no search without a valid key; a key scoped to another source finds nothing
+    of `docs`; a key for `docs` finds the duck page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    tmp, env = index
+    other_key, docs_key = "page-key-elsewhere-01", "page-key-docs-02"
+    with ui_server(tmp, {**env, "MMRAG_API_KEYS": f"{other_key}=elsewhere;{docs_key}=docs"}) as (url, log):
+        browser.get(url)
+        _wait(browser, "the key prompt", lambda d: "Enter your API key" in "".join(_texts(d, "[data-testid=stSidebar]")),
+              log)
+        _wait(browser, "a disabled chat input", lambda d: d.find_element(
+            By.CSS_SELECTOR, "[data-testid=stChatInputTextArea]").get_attribute("disabled"), log)
+
+        def use_key(key: str) -> None:
+            box = browser.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar] input[type=password]")
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(key, Keys.ENTER)
+
+        def chat_enabled(d) -> bool:
+            return not d.find_element(By.CSS_SELECTOR, "[data-testid=stChatInputTextArea]").get_attribute("disabled")
+
+        use_key("not-a-key")
+        _wait(browser, "the refusal", lambda d: "valid API key" in "".join(_texts(d, "[data-testid=stSidebar]")), log)
+        assert not chat_enabled(browser)
+        use_key(other_key)
+        _wait(browser, "the chat input enabled", chat_enabled, log)
+        box = browser.find_element(By.CSS_SELECTOR, "[data-testid=stChatInputTextArea]")
+        box.send_keys(QUESTION, Keys.ENTER)
+        _wait(browser, "an empty result", lambda d: "Nothing in the index matches" in "".join(_texts(d, ".st-key-turn-1")),
+              log)
+        assert not _texts(browser, "[class*='st-key-hit-1-']")
+        use_key(docs_key)
+        hits = _ask(browser, QUESTION, 2, log)
+        assert any("docs:duck.md" in h for h in hits), hits
+        _no_traceback(browser)
