@@ -32,3 +32,22 @@ def rows_by_file(modality: str = TEXT) -> dict[str, set[str]]:
 
 
 __all__ = ["cli_json", "store", "rows_by_file", "TEXT", "IMAGE"]
+
+
+def wait_while_up(what: str, check, timeout: float, proc, log):
+    """Poll `check()` every second until it returns something truthy (returned), while the `mmrag up`
+    process `proc` runs; fail with the end of its `log` if it exits or `timeout` passes."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mmrag up exited while waiting for {what}:\n{log.read_text()[-3000:]}"
+        try:
+            if got := check():
+                return got
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")

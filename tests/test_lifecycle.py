@@ -226,3 +226,25 @@ def test_blob_gc_removes_only_what_nothing_refers_to(mmrag_env, tmp_path, capsys
     assert code == 0 and again["indexed"] == 2 and names() == after
     code, _ = cli_json(capsys, "gc", "--grace-s", "0")
     assert names() == after  # what is left is all referenced
+
+
+def test_the_same_picture_in_two_files_is_described_once(mmrag_env, tmp_path, capsys, openai_server, monkeypatch):
+    """Descriptions are content-addressed: two files holding the same picture (here two copies of one
+    image, in one run) cause one vision request, and both files get the description."""
+    import shutil
+
+    from openai_server import image_parts
+
+    openai_server.responder = lightrag_aware
+    for var, value in {"MMRAG_LLM_URL": openai_server.base_url, "MMRAG_LLM_MODEL": "fake-llm",
+                       "MMRAG_VLM_MODEL": "fake-vlm", "MMRAG_LLM_RETRIES": "0"}.items():
+        monkeypatch.setenv(var, value)
+    root = tmp_path / "docs"
+    root.mkdir()
+    shutil.copy(SAMPLE / "example_image_01.png", root / "chart.png")
+    shutil.copy(SAMPLE / "example_image_01.png", root / "chart_copy.png")
+    code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
+    assert code == 0 and out["indexed"] == 2, out
+    vision = [r for r in openai_server.chat_requests() if image_parts(r)]
+    assert len(vision) == 1, [r["model"] for r in vision]
+    assert set(rows_by_file(IMAGE)) == {"docs:chart.png", "docs:chart_copy.png"}

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import REPO, SAMPLE
+from helpers import wait_while_up
+from openai_server import FakeOpenAIServer, lightrag_aware
+
 from mmrag.access import Forbidden, Scope, keyring, parse_keys, scope_of
 from mmrag.redact import redact_url, scrub
 from mmrag.up import free_port
-from openai_server import FakeOpenAIServer, lightrag_aware
 
 CANARY_LLM = "canary-llm-7f3a9c1e55"
 CANARY_MILVUS = "root:canary-milvus-2b8d4e"
@@ -90,21 +91,6 @@ def _entities(context: str) -> set[str]:
     return names
 
 
-def _wait(what, check, timeout, proc, log):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"mmrag up exited while waiting for {what}:\n{log.read_text()[-3000:]}"
-        try:
-            if got := check():
-                return got
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def two_sources(tmp_path):
     finance, legal = tmp_path / "finance", tmp_path / "legal"
@@ -141,7 +127,7 @@ def test_two_keys_see_only_their_sources_and_no_secret_is_kept(two_sources, tmp_
                               json={"question": question, "top_k": 10, "mode": "mix", **extra})
 
         try:
-            _wait("the four files indexed", lambda: [f["status"] for src in httpx.get(
+            wait_while_up("the four files indexed", lambda: [f["status"] for src in httpx.get(
                 f"{api}/v1/status", headers=b, timeout=60).json()["sources"].values()
                 for f in src["files"]] == ["indexed"] * 4, 300, proc, log)
             question = "Is the Mallard of the Budget Ledger protected by the Clause of the Quokka colony?"

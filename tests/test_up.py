@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
@@ -23,24 +22,12 @@ from browser_tools import _ask as _ask_page
 from browser_tools import _no_traceback
 from conftest import REPO, SAMPLE
 from crash_tools import diff, env_for, index_state, new_home
+from helpers import wait_while_up
 from openai_server import FakeOpenAIServer, lightrag_aware
 
 from mmrag.up import free_port, port_open
 
 RANGE_START = "dagster/asset_partition_range_start"
-
-
-def _wait(what: str, check, timeout: float, proc, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"mmrag up exited while waiting for {what}:\n{log.read_text()[-3000:]}"
-        try:
-            if got := check():
-                return got
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -103,7 +90,7 @@ def _holds_slot(instance, run_id: str) -> bool:
 
 def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     api, proc, log, docs = up["api"], up["proc"], up["log"], up["docs"]
-    _wait("duck.md in the API's hits", lambda: "duck.md" in _files(_ask(api, "Which ducks dabble?")), 240, proc, log)
+    wait_while_up("duck.md in the API's hits", lambda: "duck.md" in _files(_ask(api, "Which ducks dabble?")), 240, proc, log)
 
     # The CLI works beside it: `mmrag ingest` goes to up's Milvus server (not the locked data dir).
     other = docs.parent / "other"
@@ -121,18 +108,18 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
         codes = list(pool.map(lambda i: httpx.post(f"{api}/v1/query", json={"question": f"ducks {i}", "top_k": 3},
                                                    timeout=60).status_code, range(20)))
     assert codes == [200] * 20
-    found = _wait("grebes.md with its graph context",
+    found = wait_while_up("grebes.md with its graph context",
                   lambda: (r := _ask(api, "Which birds build floating nests?")) and "grebes.md" in _files(r)
                   and "grebes.md" in r["graph_context"] and r, 240, proc, log)
     assert "docs:grebes.md" in found["graph_context"]
 
     (docs / "grebes.md").write_text("# Grebes\n\nGrebes carry their striped chicks on their backs.\n")
-    _wait("the edited text", lambda: any("striped chicks" in h["text"] for h in _ask(api, "striped chicks")["hits"]),
+    wait_while_up("the edited text", lambda: any("striped chicks" in h["text"] for h in _ask(api, "striped chicks")["hits"]),
           240, proc, log)
     assert not any("floating nests" in h["text"] for h in _ask(api, "floating nests of reeds")["hits"])
 
     (docs / "grebes.md").unlink()
-    _wait("grebes.md gone", lambda: (r := _ask(api, "Which birds carry striped chicks?"))
+    wait_while_up("grebes.md gone", lambda: (r := _ask(api, "Which birds carry striped chicks?"))
           and "grebes.md" not in _files(r) and "grebes.md" not in r["graph_context"], 240, proc, log)
 
     # An ingest run in flight (every model request now takes 15 s): the chat page answers from the
@@ -143,7 +130,7 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     up["llm"].latency_s = 15
     (docs / "herons.md").write_text("# Herons\n\nGrey Herons stalk Frogs in the Shallows at Dawn.\n\n"
                                     "# Egrets\n\nLittle Egrets shuffle their Feet to flush Shrimp.\n")
-    run = _wait("an ingest run of herons.md in flight", lambda: _in_flight_run(instance, "docs:herons.md"),
+    run = wait_while_up("an ingest run of herons.md in flight", lambda: _in_flight_run(instance, "docs:herons.md"),
                 120, proc, log)
     page_log = up["home"] / "logs" / "ui.log"
     browser.get(f"http://127.0.0.1:{up['ports']['ui']}")
@@ -154,14 +141,14 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     pid = int(run.tags["mmrag/pid"])
     os.kill(pid, signal.SIGKILL)
     up["llm"].latency_s = 0
-    _wait("the killed run marked failed, its slot freed",
+    wait_while_up("the killed run marked failed, its slot freed",
           lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
           and not _holds_slot(instance, run.run_id), 60, proc, log)
-    _wait("herons.md indexed again, graph context included",
+    wait_while_up("herons.md indexed again, graph context included",
           lambda: (r := _ask(api, "Which birds stalk frogs at dawn?")) and "herons.md" in _files(r)
           and "docs:herons.md" in r["graph_context"], 240, proc, log)
     busy = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-    _wait("no run in flight", lambda: not instance.get_runs(RunsFilter(statuses=busy)), 120, proc, log)
+    wait_while_up("no run in flight", lambda: not instance.get_runs(RunsFilter(statuses=busy)), 120, proc, log)
 
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) >= 5  # milvus, daemon (+ its code server), webserver, api, ui
