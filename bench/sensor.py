@@ -74,9 +74,14 @@ def one_size(n: int) -> dict:
         del os.environ[var]
     os.environ.update(MMRAG_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), MMRAG_CLIP_PRETRAINED="random",
                       HF_HUB_OFFLINE="1", DAGSTER_DISABLE_TELEMETRY="1", MMRAG_WATCH=f"{SOURCE}={root}")
-    from dagster import AddDynamicPartitionsRequest, DagsterEventType, DagsterInstance, build_sensor_context
+    from dagster import (
+        AddDynamicPartitionsRequest,
+        DagsterEventType,
+        DagsterInstance,
+        build_sensor_context,
+    )
 
-    import mmrag.sync as sync
+    from mmrag import sync
     from mmrag.config import Settings
     from mmrag.definitions import defs
     from mmrag_resources.data_dir import DataDirResource
