@@ -49,17 +49,22 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 
 
-class QueryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SearchOptions(BaseModel):
+    """What both routes take besides the question: the CLI's flags, with its defaults."""
 
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     mode: str = "naive"
     sources: Optional[list[str]] = None
     files: Optional[list[str]] = None
     modalities: Optional[list[str]] = None
-    answer: bool = False
     images: bool = True
+
+
+class QueryBody(_SearchOptions):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    answer: bool = False
 
 
 class ChatMessage(BaseModel):
@@ -67,18 +72,12 @@ class ChatMessage(BaseModel):
     content: Any = ""
 
 
-class ChatBody(BaseModel):
+class ChatBody(_SearchOptions):
     model_config = ConfigDict(extra="allow")
 
     model: str = "mmrag"
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    mode: str = "naive"
-    sources: Optional[list[str]] = None
-    files: Optional[list[str]] = None
-    modalities: Optional[list[str]] = None
-    images: bool = True
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:

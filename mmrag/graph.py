@@ -522,9 +522,14 @@ class GraphStore:
                 return ""
             raise RuntimeError(res.get("message", "LightRAG query failed"))
         data = res.get("data") or {}
+        pair = lambda r: REL_SEP.join(sorted((r.get("src_id", ""), r.get("tgt_id", ""))))  # noqa: E731
+        held = {kind: self.manifest.ref_holders_many(kind, refs) for kind, refs in (
+            ("entity", [e.get("entity_name", "") for e in data.get("entities") or []]),
+            ("relation", [pair(r) for r in data.get("relationships") or []]),
+            ("chunk", [c.get("chunk_id", "") for c in data.get("chunks") or []]))}
 
         def holders(kind: str, ref: str) -> list[str]:
-            return self.manifest.ref_holders(kind, ref)
+            return held[kind].get(ref, [])
 
         def all_in(files: list[str]) -> bool:
             return bool(files) and all(f.partition(":")[0] in sources for f in files)
@@ -537,7 +542,7 @@ class GraphStore:
                              "description": e.get("description", ""), "file_path": GRAPH_SEP.join(files)})
         for r in data.get("relationships") or []:
             a, b = sorted((r.get("src_id", ""), r.get("tgt_id", "")))
-            files = holders("relation", REL_SEP.join((a, b)))
+            files = holders("relation", pair(r))
             if all_in(files) and len(rels) < top_k:
                 rels.append({"entity1": a, "entity2": b, "description": r.get("description", ""),
                              "file_path": GRAPH_SEP.join(files)})

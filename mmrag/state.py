@@ -219,6 +219,17 @@ class Manifest:
                 c.execute("DELETE FROM graph_refs WHERE file_key=?", (fk,))
             c.execute("INSERT OR REPLACE INTO graph_commits (workspace, txn) VALUES (?, ?)", (workspace, txn))
 
+    def ref_holders_many(self, kind: str, refs) -> dict[str, list[str]]:
+        """`ref_holders` for many refs in one read: {ref: files holding it} (refs nobody holds left out)."""
+        refs, out = list(dict.fromkeys(refs)), {}
+        with self._conn() as c:
+            for i in range(0, len(refs), 500):
+                part = refs[i:i + 500]
+                q = f"SELECT ref, file_key FROM graph_refs WHERE kind=? AND ref IN ({','.join('?' * len(part))})"
+                for ref, fk in c.execute(q, (kind, *part)):
+                    out.setdefault(ref, []).append(fk)
+        return out
+
     def ref_holders(self, kind: str, ref: str) -> list[str]:
         """Which files hold a graph item (a chunk id two files share, say)."""
         with self._conn() as c:
