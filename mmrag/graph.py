@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ import numpy as np
 from mmrag.blocks import ParsedDocument
 from mmrag.chunking import Chunk
 from mmrag.faults import crash_point
+from mmrag.graph_scope import REL_SEP, scoped_context
 from mmrag.graph_txn import Snapshot, patch_atomic_writes, write_text_atomic
 from mmrag.ids import bounded_name, xml_safe
 from mmrag.state import Manifest
@@ -42,8 +42,6 @@ from mmrag.lightrag_runtime import _OPEN, _Loop, _milvus_env, _SharedTokenizer, 
 from mmrag.tokenize import TOKENIZER
 
 MODES = ("naive", "local", "global", "hybrid", "mix")
-GRAPH_SEP = "<SEP>"  # LightRAG's separator of merged values (lightrag.constants.GRAPH_FIELD_SEP)
-REL_SEP = "\x1f"  # manifest ref of a relation: "src\x1ftgt", endpoints sorted
 MAX_DOC_ID_BYTES = 64  # ... and a chunk's document id in VARCHAR(64)
 WRITER_WAIT_S = 3600.0  # how long a write session waits for another process's session to end
 _EXTRACTION_MARK, _TUPLE_DELIM = "<|COMPLETE|>", "<|#|>"
@@ -509,7 +507,8 @@ class GraphStore:
         - an entity or a relation is kept only when every file holding it is in `sources`: LightRAG
           merges the descriptions of every mention, so one from another source would leak its words;
         - a chunk is kept when a file in `sources` holds it (the same text, in a file the caller may read).
-        LightRAG retrieves three times `top_k` so that filtering still leaves up to `top_k` of each."""
+        LightRAG retrieves three times `top_k` so that filtering still leaves up to `top_k` of each
+        (`mmrag.graph_scope`)."""
         from lightrag import QueryParam
 
         p = QueryParam(mode=mode, top_k=3 * top_k, chunk_top_k=3 * top_k, enable_rerank=False)
@@ -521,45 +520,7 @@ class GraphStore:
             if res.get("metadata", {}).get("failure_reason") == "no_results" or not res.get("data"):
                 return ""
             raise RuntimeError(res.get("message", "LightRAG query failed"))
-        data = res.get("data") or {}
-        pair = lambda r: REL_SEP.join(sorted((r.get("src_id", ""), r.get("tgt_id", ""))))  # noqa: E731
-        held = {kind: self.manifest.ref_holders_many(kind, refs) for kind, refs in (
-            ("entity", [e.get("entity_name", "") for e in data.get("entities") or []]),
-            ("relation", [pair(r) for r in data.get("relationships") or []]),
-            ("chunk", [c.get("chunk_id", "") for c in data.get("chunks") or []]))}
-
-        def holders(kind: str, ref: str) -> list[str]:
-            return held[kind].get(ref, [])
-
-        def all_in(files: list[str]) -> bool:
-            return bool(files) and all(f.partition(":")[0] in sources for f in files)
-
-        ents, rels, chunks = [], [], []
-        for e in data.get("entities") or []:
-            files = holders("entity", e.get("entity_name", ""))
-            if all_in(files) and len(ents) < top_k:
-                ents.append({"entity": e["entity_name"], "type": e.get("entity_type", ""),
-                             "description": e.get("description", ""), "file_path": GRAPH_SEP.join(files)})
-        for r in data.get("relationships") or []:
-            a, b = sorted((r.get("src_id", ""), r.get("tgt_id", "")))
-            files = holders("relation", pair(r))
-            if all_in(files) and len(rels) < top_k:
-                rels.append({"entity1": a, "entity2": b, "description": r.get("description", ""),
-                             "file_path": GRAPH_SEP.join(files)})
-        refs: dict[str, int] = {}
-        for c in data.get("chunks") or []:
-            mine = [f for f in holders("chunk", c.get("chunk_id", "")) if f.partition(":")[0] in sources]
-            if mine and len(chunks) < top_k:
-                n = refs.setdefault(mine[0], len(refs) + 1)
-                chunks.append({"reference_id": str(n), "content": c.get("content", "")})
-        if not (ents or rels or chunks):
-            return ""
-        lines = lambda items: "\n".join(json.dumps(i, ensure_ascii=False) for i in items)  # noqa: E731
-        ref_list = "\n".join(f"[{n}] {f}" for f, n in refs.items())
-        return (f"Knowledge Graph Data (Entity):\n\n```json\n{lines(ents)}\n```\n\n"
-                f"Knowledge Graph Data (Relationship):\n\n```json\n{lines(rels)}\n```\n\n"
-                f"Document Chunks (Each entry has a reference_id refer to the `Reference Document List`):\n\n"
-                f"```json\n{lines(chunks)}\n```\n\nReference Document List:\n\n```\n{ref_list}\n```\n")
+        return scoped_context(res.get("data") or {}, self.manifest, sources, top_k)
 
     def refresh(self) -> bool:
         """For a reader in another process than the writer: when a write session has committed since
