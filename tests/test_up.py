@@ -46,7 +46,7 @@ def up(tmp_path, llm):
     ports = {"api": free_port(), "ui": free_port(), "dagster": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
     env.update(MMRAG_HOME=str(home), MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1",
-               MMRAG_SENSOR_INTERVAL_S="3", PYTHONPATH=str(REPO), MMRAG_LLM_URL=llm.base_url,
+               MMRAG_SENSOR_INTERVAL_S="3", MMRAG_RETRY_BACKOFF_S="2", PYTHONPATH=str(REPO), MMRAG_LLM_URL=llm.base_url,
                MMRAG_LLM_MODEL="fake-llm", MMRAG_VLM_MODEL="fake-vlm", MMRAG_LLM_RETRIES="0")
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
@@ -147,6 +147,10 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     wait_while_up("herons.md indexed again, graph context included",
           lambda: (r := _ask(api, "Which birds stalk frogs at dawn?")) and "herons.md" in _files(r)
           and "docs:herons.md" in r["graph_context"], 240, proc, log)
+    # A transient failure after the kill (a graph step retried with backoff) settles too: every file indexed.
+    wait_while_up("every file indexed", lambda: all(
+        f["status"] == "indexed" for src in httpx.get(f"{api}/v1/status", timeout=60).json()["sources"].values()
+        for f in src["files"]), 240, proc, log)
     busy = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
     wait_while_up("no run in flight", lambda: not instance.get_runs(RunsFilter(statuses=busy)), 120, proc, log)
 
