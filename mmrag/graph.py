@@ -32,6 +32,7 @@ import numpy as np
 
 from mmrag.blocks import ParsedDocument
 from mmrag.chunking import Chunk
+from mmrag.extraction_units import attribute_entity, attribute_relation, plan_units
 from mmrag.faults import crash_point
 from mmrag.graph_scope import REL_SEP, scoped_context
 from mmrag.graph_txn import Snapshot, patch_atomic_writes, write_text_atomic
@@ -106,12 +107,15 @@ def chunk_id(text: str) -> str:
 class GraphStore:
     def __init__(self, working_dir: Path, milvus_uri: str, milvus_token: str = "", milvus_db: str = "", *,
                  embed_fn: Callable[[list[str]], np.ndarray], embed_dim: int, llm: Any = None,
-                 manifest: Manifest, namespace: str = "mmrag_graph", lightrag_kwargs: dict | None = None):
+                 manifest: Manifest, namespace: str = "mmrag_graph", lightrag_kwargs: dict | None = None,
+                 unit_tokens: int = 1200):
         self.working_dir = Path(working_dir).expanduser().resolve()
         self.milvus_uri, self.milvus_token, self.milvus_db = str(milvus_uri), milvus_token, milvus_db
         # LightRAG's workspace: Milvus collections "{ws}_entities|_relationships|_chunks", files in working_dir/ws
         self.workspace = workspace_name(namespace)
         self.embed_dim, self.lightrag_kwargs = embed_dim, dict(lightrag_kwargs or {})
+        self.unit_tokens = int(unit_tokens)  # extraction units (mmrag.extraction_units); 0 = one per chunk
+        self._prefailed: dict[str, BaseException] = {}  # files whose extraction failed in a session's first pass
         self.rebind(embed_fn, llm, manifest)
         self._lock, self._embed_lock = threading.RLock(), threading.Lock()
         self._pending: dict[str, list[dict]] = {}
@@ -143,6 +147,8 @@ class GraphStore:
                 with _milvus_env(self.milvus_uri, self.milvus_token, self.milvus_db):
                     self._rag = self.run(self._aopen())
                 self._journal_vector_writes(self._rag)
+                # closure, not a bound method (see _aopen); LightRAG calls it for each inserted document
+                self._rag._process_extract_entities = lambda chunks, *a: self._extract_units(chunks, *a)
                 _OPEN[self.workspace] = self.working_dir
             return self._rag
 
@@ -231,6 +237,87 @@ class GraphStore:
                 raise LLMError(f"the model's extraction reply is not in LightRAG's format: {reply[:80]!r}", retryable=True)
             return _bound_extraction(reply)
         return reply
+
+    # -- extraction units -----------------------------------------------------------------------------
+    def _units_of(self, chunks: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+        """One document's chunks as LightRAG holds them (id -> record, in document order) grouped into
+        extraction units (`mmrag.extraction_units`): ({unit id: the record LightRAG's extraction
+        reads}, {unit id: {member chunk id: its text}})."""
+        from lightrag.utils import compute_mdhash_id
+        ids = list(chunks)
+        texts = [chunks[c]["content"] for c in ids]
+        tokens = [int(chunks[c].get("tokens") or TOKENIZER.count(t)) for c, t in zip(ids, texts)]
+        units: dict[str, dict] = {}
+        members: dict[str, dict[str, str]] = {}
+        for u in plan_units(texts, tokens, self.unit_tokens):
+            first = chunks[ids[u.members[0]]]
+            uid = compute_mdhash_id(u.content, prefix="unit-")
+            units[uid] = {"content": u.content, "tokens": u.tokens, "chunk_order_index": first.get("chunk_order_index", 0),
+                          "full_doc_id": first.get("full_doc_id", ""), "file_path": first.get("file_path", "")}
+            members.setdefault(uid, {}).update({ids[i]: texts[i] for i in u.members})
+        return units, members
+
+    def _lightrag_chunks(self, fk: str, items: list) -> dict[str, dict]:
+        """The chunk records LightRAG builds when `_aindex_llm` inserts this file (same ids, same order)."""
+        from lightrag.utils import compute_mdhash_id
+        out: dict[str, dict] = {}
+        for i, (_, t) in enumerate(items):
+            out.setdefault(compute_mdhash_id(t, prefix="chunk-"), {"content": t, "tokens": TOKENIZER.count(t),
+                                                                 "chunk_order_index": i, "full_doc_id": lr_doc_id(fk),
+                                                                 "file_path": fk})
+        return out
+
+    async def _extract_units(self, chunks: dict[str, dict], pipeline_status=None, pipeline_status_lock=None) -> list:
+        """LightRAG's per-document extraction step, over extraction units instead of its chunks: each
+        entity and relation a unit yields is attributed to the member chunks that name it, and each
+        member chunk lists the unit's LLM-cache entries (LightRAG rebuilds shared entities from them
+        when another document is deleted)."""
+        from dataclasses import asdict
+
+        from lightrag.operate import extract_entities
+        from lightrag.utils import update_chunk_cache_list
+        rag = self._rag
+        units, members = self._units_of(chunks)
+        if not units:
+            return []
+        sink = _CacheKeySink()
+        results = await extract_entities(units, global_config=asdict(rag), pipeline_status=pipeline_status,
+                                         pipeline_status_lock=pipeline_status_lock,
+                                         llm_response_cache=rag.llm_response_cache, text_chunks_storage=sink)
+        # LightRAG rebuilds an entity that survives a deletion from the cached extractions whose
+        # `chunk_id` is one of its chunks: each member chunk gets an alias of its unit's entries.
+        for uid, keys in sink.keys.items():
+            entries = dict(zip(keys, await rag.llm_response_cache.get_by_ids(keys)))
+            for cid in members.get(uid, {}):
+                aliases = {f"{k}:{cid}": {**{f: v for f, v in e.items() if f != "_id"}, "chunk_id": cid}
+                           for k, e in entries.items() if e}
+                if aliases:
+                    await rag.llm_response_cache.upsert(aliases)
+                    await update_chunk_cache_list(cid, rag.text_chunks, list(aliases), "entity_extraction")
+        return [_attribute(nodes, edges, members) for nodes, edges in results]
+
+    async def _prefetch_extractions(self, batch) -> None:
+        """A session's first pass: the extraction requests of all its files at once, sharing one
+        in-flight budget (LightRAG's `llm_model_max_async`, and the LLM client's limit below it), into
+        LightRAG's LLM cache; each file's insert then reads its extractions from the cache while the
+        files are merged one by one. A file whose requests failed here fails without asking again."""
+        from dataclasses import asdict
+
+        from lightrag.operate import extract_entities
+        self._prefailed = {}
+        if self.llm is None:
+            return
+        rag, cfg = self._rag, asdict(self._rag)
+
+        async def one(fk: str, chunks: list[Chunk]) -> None:
+            items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
+            units, _ = self._units_of(self._lightrag_chunks(fk, items))
+            if units:
+                await extract_entities(units, global_config=cfg, llm_response_cache=rag.llm_response_cache,
+                                       text_chunks_storage=_CacheKeySink())
+
+        outcomes = await asyncio.gather(*(one(fk, chunks) for fk, _, chunks in batch), return_exceptions=True)
+        self._prefailed = {fk: e for (fk, _, _), e in zip(batch, outcomes) if isinstance(e, BaseException)}
 
     def _chunking(self, tokenizer, content, split_by, split_only, overlap, size):
         if content in self._pending:  # our chunks for the document being inserted
@@ -408,6 +495,7 @@ class GraphStore:
         await self._cache_for_current_llm()
         results: dict[str, dict | Exception] = {}
         async with self._persist_deferred():
+            await self._prefetch_extractions(batch)
             for fk, doc, chunks in batch:
                 try:
                     results[fk] = await self._aindex_one(fk, doc, chunks)
@@ -427,6 +515,8 @@ class GraphStore:
         self._refs.set(fk, "doc", [lr_doc_id(fk)])  # before writing: a failure can clean up
         self._refs.set(fk, "chunk", ids)
         try:
+            if (failed := self._prefailed.pop(fk, None)) is not None:
+                raise failed
             build = self._aindex_llm if self.llm is not None else self._aindex_structural
             stats = await build(fk, doc, items, ids)
             crash_point("graph")
@@ -687,6 +777,39 @@ class GraphStore:
                 await rag.chunks_vdb.upsert({cid: rec})
         refs.clear(fk)
         return {"entities": len(ents), "relations": len(pairs), "chunks": len(gone), "kept_shared": len(shared)}
+
+
+class _CacheKeySink:
+    """Stands in for LightRAG's chunk store during unit extraction: collects the LLM-cache keys
+    LightRAG would note on a chunk (here: a unit), so they can be noted on the unit's member chunks."""
+
+    def __init__(self):
+        self.keys: dict[str, list[str]] = {}
+
+    async def get_by_id(self, uid: str) -> dict:
+        return {"llm_cache_list": list(self.keys.get(uid, []))}
+
+    async def upsert(self, data: dict[str, dict]) -> None:
+        for uid, rec in data.items():
+            self.keys[uid] = list(rec.get("llm_cache_list") or [])
+
+
+def _attribute(nodes: dict[str, list[dict]], edges: dict[tuple, list[dict]], members: dict[str, dict[str, str]]):
+    """A unit's extraction result with each entity and relation attributed to the member chunks it came
+    from (`mmrag.extraction_units`): one record per chunk, as if each chunk had been extracted alone.
+    LightRAG merges records by description (identical ones count once) and sums relation weights, so a
+    relation's weight is split among its copies."""
+    out_nodes = {name: [{**dp, "source_id": cid} for dp in dps
+                        for cid in attribute_entity(name, members.get(dp["source_id"], {dp["source_id"]: ""}))]
+                 for name, dps in nodes.items()}
+    out_edges: dict[tuple, list[dict]] = {}
+    for key, dps in edges.items():
+        recs = []
+        for dp in dps:
+            cids = attribute_relation(dp["src_id"], dp["tgt_id"], members.get(dp["source_id"], {dp["source_id"]: ""}))
+            recs += [{**dp, "source_id": cid, "weight": float(dp.get("weight", 1.0)) / len(cids)} for cid in cids]
+        out_edges[key] = recs
+    return out_nodes, out_edges
 
 
 def _bound_extraction(reply: str) -> str:

@@ -30,7 +30,8 @@ class LightRAGResource(ConfigurableResource):
         s = resolved()
         working_dir = Path(self.working_dir) if self.working_dir else s.graph_dir
         return (str(working_dir.expanduser().resolve()), self.namespace or f"{s.collection_prefix}_graph",
-                s.resolved_milvus_uri, s.milvus_token, s.milvus_db, s.graph_gleaning)
+                s.resolved_milvus_uri, s.milvus_token, s.milvus_db, s.graph_gleaning, s.graph_unit_tokens,
+                s.llm_concurrency)
 
     def store(self, embed_fn: Callable, embed_dim: int, llm: Any, manifest) -> GraphStore:
         """The process's GraphStore for this configuration, built once (LightRAG and its Milvus
@@ -39,7 +40,7 @@ class LightRAGResource(ConfigurableResource):
         from mmrag.lightrag_runtime import workspace_name
 
         key = (*self.config_key(), embed_dim)
-        working_dir, namespace, uri, token, db, gleaning, _ = key
+        working_dir, namespace, uri, token, db, gleaning, unit_tokens, concurrency, _ = key
         with _guard:
             store = _stores.get(key)
             if store is None:
@@ -51,7 +52,9 @@ class LightRAGResource(ConfigurableResource):
                     Path(uri).parent.mkdir(parents=True, exist_ok=True)
                 store = _stores[key] = GraphStore(Path(working_dir), uri, token, db, embed_fn=embed_fn,
                                                   embed_dim=embed_dim, llm=llm, manifest=manifest, namespace=namespace,
-                                                  lightrag_kwargs={"entity_extract_max_gleaning": gleaning})
+                                                  unit_tokens=unit_tokens,
+                                                  lightrag_kwargs={"entity_extract_max_gleaning": gleaning,
+                                                                   "llm_model_max_async": max(1, concurrency)})
             else:
                 store.rebind(embed_fn, llm, manifest)
             return store

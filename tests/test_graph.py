@@ -236,6 +236,9 @@ def test_llm_extraction_and_removal(tmp_path, embed_fn):
         s.rebind(s._embed_fn, other, s.manifest)
         s.index_file(a, doc_a, chunk_document(doc_a))
         assert other.calls > 0 and _nodes(s) == nodes
+        # The model is in the fingerprint: every file is stale and re-extracted, b too (which refills the
+        # cache LightRAG rebuilds b's entities from when a is removed).
+        s.index_file(b, doc_b, chunk_document(doc_b))
         s.rebind(s._embed_fn, llm, s.manifest)
 
         s.remove_file(a)
@@ -379,3 +382,91 @@ def test_gleaning_passes_are_a_setting(tmp_path, monkeypatch, embed_fn, setting,
         assert llm.extract >= 1 and llm.glean == passes * llm.extract, (llm.extract, llm.glean)
     finally:
         close_stores()
+
+
+# -- extraction units (issue 10) ------------------------------------------------------------------
+_FILLER = ("operators logged pressure readings every hour while the night shift checked gauges, "
+           "cleaned filters and wrote short notes about noise from the north wing of the building").split()
+
+
+def _paragraph(i: int, lead: str = "") -> str:
+    words = [_FILLER[(i * 7 + k) % len(_FILLER)] for k in range(110)]
+    return f"{lead} Entry {i}: {' '.join(words)}.".strip()
+
+
+def _log_doc(fk: str, paragraphs: list[str]) -> ParsedDocument:
+    return _doc(fk, [(T, "Plant log", "Plant log", ""), *[(X, "Plant log", p, "") for p in paragraphs]])
+
+
+def _units(doc: ParsedDocument):
+    from mmrag.extraction_units import plan_units
+    from mmrag.graph import chunk_text
+    from mmrag.tokenize import TOKENIZER
+
+    texts = [t for c in chunk_document(doc) if (t := chunk_text(c.text))]
+    return texts, plan_units(texts, [TOKENIZER.count(t) for t in texts], 1200)
+
+
+def test_two_extraction_units_make_two_requests_and_map_entities_to_their_chunks(tmp_path, embed_fn):
+    """The graph is extracted per unit of consecutive chunks (up to 1200 tokens), not per retrieval
+    chunk: a document whose chunks form 2 units makes 2 extraction requests and 2 gleaning passes;
+    each entity is linked to the chunks that name it; deleting the document removes them."""
+    first = _paragraph(0, "The Acme Pump circulates sodium through the loop.")
+    middle = _paragraph(1, "The Acme Pump stands in the Turbine Hall beside the turbines.")
+    last_lead = "The Valve Bank closes the valves at night."
+    n = next(n for n in range(6, 30) if len(_units(_log_doc("s:log.md", [first, middle, *[_paragraph(i) for i in
+                                                              range(2, n)], _paragraph(n, last_lead)]))[1]) == 2)
+    doc = _log_doc("s:log.md", [first, middle, *[_paragraph(i) for i in range(2, n)], _paragraph(n, last_lead)])
+    texts, units = _units(doc)
+    assert len(texts) > 4 and [len(u.members) for u in units] != [1, 1]  # several chunks per unit
+    llm = _CountingLLM(SCRIPT)
+    s = GraphStore(tmp_path / "lightrag", str(tmp_path / "milvus.db"), "", "", embed_fn=embed_fn, embed_dim=384,
+                   llm=llm, manifest=Manifest(tmp_path / "state.sqlite"), namespace=f"t_{uuid.uuid4().hex[:8]}",
+                   lightrag_kwargs={"entity_extract_max_gleaning": 1})
+    try:
+        stats = s.index_file("s:log.md", doc, chunk_document(doc))
+        assert (llm.extract, llm.glean) == (2, 2), (llm.extract, llm.glean)
+        assert stats["chunks"] == len(set(texts))
+        g = s.rag.chunk_entity_relation_graph
+
+        def sources(name):
+            return set(s.run(g.get_node(name))["source_id"].split("<SEP>"))
+
+        named = lambda word: {chunk_id(t) for t in texts if word.lower() in t.lower()}  # noqa: E731
+        assert sources("Acme Pump") == named("Acme Pump") and len(named("Acme Pump")) >= 1
+        assert sources("Turbine Hall") == named("Turbine Hall")
+        assert sources("Valve Bank") == named("Valve Bank")
+        assert sources("Valve Bank").isdisjoint(sources("Acme Pump"))  # other unit, other chunks
+        edge = _edge(s, "Acme Pump", "Turbine Hall")
+        assert set(edge["source_id"].split("<SEP>")) == named("Acme Pump") & named("Turbine Hall")
+        assert {"Acme Pump", "Turbine Hall", "Valve Bank"} <= set(s.manifest.graph_refs("s:log.md", "entity"))
+        s.remove_file("s:log.md")
+        assert not {"Acme Pump", "Turbine Hall", "Valve Bank"} & _nodes(s) and s.stats() == (0, 0)
+        assert s.manifest.graph_refs("s:log.md", "entity") == []
+    finally:
+        s.close()
+
+
+def test_editing_one_paragraph_re_extracts_only_the_units_that_changed(tmp_path, embed_fn):
+    """Unit boundaries are content-defined: after one paragraph of a long document changes, the units
+    whose text is unchanged are answered from LightRAG's cache; only the changed unit is asked again."""
+    paragraphs = [_paragraph(i, "The Valve Bank closes the valves." if i == 20 else "") for i in range(40)]
+    doc = _log_doc("s:long.md", paragraphs)
+    _, before = _units(doc)
+    assert len(before) >= 4
+    llm = _CountingLLM(SCRIPT)
+    s = _open(tmp_path, embed_fn, llm=llm)
+    try:
+        s.index_file("s:long.md", doc, chunk_document(doc))
+        assert llm.extract == len(before)
+        paragraphs[20] = paragraphs[20].replace("closes the valves", "opens the valves and the Acme Pump moves sodium")
+        edited = _log_doc("s:long.md", paragraphs)
+        _, after = _units(edited)
+        changed = [u for u in after if u.content not in {b.content for b in before}]
+        assert len(changed) == 1 and len(after) == len(before)
+        llm.extract = 0
+        s.index_file("s:long.md", edited, chunk_document(edited))
+        assert llm.extract == 1
+        assert "Acme Pump" in _nodes(s) and "Valve Bank" in _nodes(s)
+    finally:
+        s.close()
