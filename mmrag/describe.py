@@ -1,8 +1,10 @@
 """Modal descriptions: a text description for every table, image and equation block.
 
-`describe_document` fills `Block.description` (plus `description_source` and `meta["entity"]`)
+`describe_document(s)` fill `Block.description` (plus `description_source` and `meta["entity"]`)
 IN PLACE on the document's blocks and returns `DescribeStats`. With a model server, images with
-local bytes go to the vision model and everything else to the text model, using RAG-Anything's
+local bytes go to the vision model, tables and equations to the text model (an image without bytes,
+such as a remote one that is never fetched, is described extractively: a model that cannot see it
+would only rephrase its caption), using RAG-Anything's
 prompts (they ask for JSON with `detailed_description` and `entity_info`). Model answers are cached
 in the manifest (namespace "describe") under sha256(block content hash, model, PROMPT_VERSION), so
 an unchanged block is never sent twice. Without a server, or when a call fails after the client's
@@ -133,23 +135,20 @@ def _build_request(block: Block, context: str, llm: LLMClient, image_root: Path 
         if ocr:
             context = (context + "\n\nText found in the image (OCR):\n" + _clip(ocr, MAX_OCR_CHARS)).strip()
         image = local_image(block, image_root)
-        if image is None and not (block.caption.strip() or context):
-            return None  # no bytes, no caption, no context: a model could only invent
+        if image is None:
+            # No bytes (a remote image is never fetched): a model that cannot see the picture only
+            # rephrases its caption and context, which the extractive description already holds.
+            return None
         key = "vision_prompt_with_context" if context else "vision_prompt"
         vision = P.get(key, P["vision_prompt"]).format(
             context=context,
             section_path=block.section or "None",
             entity_name="unique descriptive name for this image",
-            image_path=image.name if image else "(image not available)",
+            image_path=image.name,
             captions=caption,
             footnotes="None",
         )
-        if image is not None:
-            return _Request(llm.vlm_model, vision, P["IMAGE_ANALYSIS_SYSTEM"], image)
-        prompt = P["text_prompt"].format(
-            image_path="(image not available)", captions=caption, footnotes="None", vision_prompt=vision
-        )
-        return _Request(llm.model, prompt, P["IMAGE_ANALYSIS_FALLBACK_SYSTEM"], None)
+        return _Request(llm.vlm_model, vision, P["IMAGE_ANALYSIS_SYSTEM"], image)
     if not block.text.strip():
         return None
     if block.kind == BlockKind.TABLE:
@@ -270,51 +269,75 @@ def describe_document(
     failures (retries already spent) the remaining blocks are described extractively without
     calling the server (0 disables this).
     """
-    log = log or _log
-    stats = DescribeStats()
-    pending: list[tuple[Block, str, _Request]] = []
+    return describe_documents([doc], llm, cache, log, image_root=image_root, give_up_after=give_up_after)[doc.file_key]
 
-    for block in doc.modal_blocks():
-        stats.blocks += 1
-        context = doc.context_around(block)
-        req = _build_request(block, context, llm, image_root) if llm is not None else None
-        if req is None:
-            _apply_extractive(block, context)
-            stats.extractive += 1
-            continue
-        hit = cache.cache_get(CACHE_NAMESPACE, cache_key(block, req.model))
-        if hit and hit.get("description"):
-            _apply(block, hit["description"], hit.get("source") or "llm", hit.get("entity"))
-            stats.cache_hits += 1
-            continue
-        pending.append((block, context, req))
+
+def describe_documents(
+    docs: list[ParsedDocument],
+    llm: LLMClient | None,
+    cache: Manifest,
+    log: Any = None,
+    *,
+    image_root: Path | None = None,
+    give_up_after: int = 3,
+) -> dict[str, DescribeStats]:
+    """`describe_document` for the documents of a run, their model requests in one pool (the client's
+    concurrency: one in-flight budget for the run, not per file). Blocks of the same content (the same
+    picture or table in several files) share one request and one cache entry. {file key: stats}."""
+    log = log or _log
+    stats = {doc.file_key: DescribeStats() for doc in docs}
+    pending: dict[str, list[tuple[ParsedDocument, Block, str, _Request]]] = {}  # cache key -> its blocks
+
+    for doc in docs:
+        st = stats[doc.file_key]
+        for block in doc.modal_blocks():
+            st.blocks += 1
+            context = doc.context_around(block)
+            req = _build_request(block, context, llm, image_root) if llm is not None else None
+            if req is None:
+                _apply_extractive(block, context)
+                st.extractive += 1
+                continue
+            key = cache_key(block, req.model)
+            hit = cache.cache_get(CACHE_NAMESPACE, key) if key not in pending else None
+            if hit and hit.get("description"):
+                _apply(block, hit["description"], hit.get("source") or "llm", hit.get("entity"))
+                st.cache_hits += 1
+                continue
+            pending.setdefault(key, []).append((doc, block, context, req))
 
     if pending:
         assert llm is not None
-        _run_model_calls(doc, pending, llm, cache, stats, log, give_up_after)
-    log.info(
-        f"described {doc.file_key}: {stats.blocks} modal blocks, {stats.llm_calls} model calls, "
-        f"{stats.cache_hits} cached, {stats.extractive} extractive, {len(stats.errors)} errors"
-    )
+        _run_model_calls(pending, llm, cache, stats, log, give_up_after)
+    for doc in docs:
+        st = stats[doc.file_key]
+        log.info(f"described {doc.file_key}: {st.blocks} modal blocks, {st.llm_calls} model calls, "
+                 f"{st.cache_hits} cached, {st.extractive} extractive, {len(st.errors)} errors")
     return stats
 
 
-def _run_model_calls(doc: ParsedDocument, pending: list[tuple[Block, str, _Request]], llm: LLMClient,
-                     cache: Manifest, stats: DescribeStats, log: Any, give_up_after: int) -> None:
+def _run_model_calls(pending: dict[str, list[tuple[ParsedDocument, Block, str, _Request]]], llm: LLMClient,
+                     cache: Manifest, stats: dict[str, DescribeStats], log: Any, give_up_after: int) -> None:
+    """One request per cache key; its answer (or the extractive fallback) goes to every block holding
+    that content. The first block holding it counts the model call, the others a cache hit."""
     lock = threading.Lock()
     breaker = _Breaker(give_up_after)
 
-    def run(item: tuple[Block, str, _Request]) -> None:
-        block, context, req = item
-        if breaker.open():
-            msg = f"skipped: model server kept failing ({breaker.last})"
+    def fallback(items, msg: str) -> None:
+        for doc, block, context, _ in items:
             _apply_extractive(block, context, msg)
             with lock:
-                stats.extractive += 1
-                stats.errors.append(f"{block.id}: {msg}")
+                stats[doc.file_key].extractive += 1
+                stats[doc.file_key].errors.append(f"{block.id}: {msg}")
+
+    def run(key: str) -> None:
+        items = pending[key]
+        doc, block, context, req = items[0]
+        if breaker.open():
+            fallback(items, f"skipped: model server kept failing ({breaker.last})")
             return
         with lock:
-            stats.llm_calls += 1
+            stats[doc.file_key].llm_calls += 1
         try:
             if req.image is not None:
                 reply = llm.describe_image(req.prompt, req.image, system=req.system)
@@ -328,21 +351,19 @@ def _run_model_calls(doc: ParsedDocument, pending: list[tuple[Block, str, _Reque
         except Exception as e:  # noqa: BLE001 - one block's failure must not fail the document
             err = e if isinstance(e, LLMError) else LLMError(f"{type(e).__name__}: {e}")
             breaker.record(err)
-            _apply_extractive(block, context, str(err))
             log.warning(f"describe {doc.file_key} {block.id} ({block.kind.value}): {err}; using extractive text")
-            with lock:
-                stats.extractive += 1
-                stats.errors.append(f"{block.id}: {err}")
+            fallback(items, str(err))
             return
         breaker.record(None)
         source = "vlm" if req.image is not None else "llm"
-        _apply(block, description, source, entity)
-        cache.cache_put(
-            CACHE_NAMESPACE,
-            cache_key(block, req.model),
-            {"description": description, "entity": entity, "source": source, "model": req.model},
-        )
+        for i, (d, b, _, _) in enumerate(items):
+            _apply(b, description, source, entity)
+            if i:
+                with lock:
+                    stats[d.file_key].cache_hits += 1
+        cache.cache_put(CACHE_NAMESPACE, key, {"description": description, "entity": entity, "source": source,
+                                               "model": req.model})
 
     workers = max(1, min(llm.concurrency, len(pending)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="describe") as pool:
-        list(pool.map(run, pending))
+        list(pool.map(run, list(pending)))

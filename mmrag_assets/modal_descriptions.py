@@ -8,7 +8,7 @@ text) and marked `description_source="extractive"`.
 
 from dagster import AssetExecutionContext, asset
 
-from mmrag.describe import describe_document
+from mmrag.describe import describe_documents
 from mmrag.faults import crash_point
 from mmrag.stages import DEGRADED
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
@@ -25,12 +25,17 @@ def modal_descriptions(context: AssetExecutionContext, parsed_blocks: dict, llm:
     client = llm.client()
     cache = data_dir.manifest()
     rows, totals = [], {"llm_calls": 0, "cache_hits": 0, "extractive": 0, "modal_blocks": 0}
+    todo = []
     for key in context.partition_keys:
         doc = parsed_blocks[key]
         if (row := outcome_row(key, doc)) is not None:
             rows.append(row)
-            continue
-        stats = describe_document(doc, client, cache, log=context.log)
+        else:
+            todo.append((key, doc))
+    # every file's requests in one pool: the run's in-flight budget is the client's concurrency
+    described = describe_documents([doc for _, doc in todo], client, cache, log=context.log)
+    for key, doc in todo:
+        stats = described[doc.file_key]
         crash_point("describe")
         totals["llm_calls"] += stats.llm_calls
         totals["cache_hits"] += stats.cache_hits

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmrag.blocks import Block, BlockKind, ParsedDocument
-from mmrag.describe import CACHE_NAMESPACE, cache_key, describe_document, parse_reply
+from mmrag.describe import CACHE_NAMESPACE, cache_key, describe_document, describe_documents, parse_reply
 from mmrag.llm import LLMClient
 from mmrag.state import Manifest
 from openai_server import FakeOpenAIServer, image_parts, prompt_text
@@ -68,14 +68,17 @@ def test_describe_with_llm_routes_images_to_vlm(openai_server, manifest, tmp_pat
     doc = make_doc(tmp_path)
     stats = describe_document(doc, llm_for(openai_server), manifest)
     b = by_id(doc)
-    assert (stats.blocks, stats.llm_calls, stats.cache_hits, stats.extractive, stats.errors) == (4, 4, 0, 0, [])
+    assert (stats.blocks, stats.llm_calls, stats.cache_hits, stats.extractive, stats.errors) == (4, 3, 0, 1, [])
     assert b["b2"].description == "Model description from fake-vlm (image)."
     assert b["b2"].description_source == "vlm"
     assert b["b2"].meta["entity"]["entity_name"] == "Entity image"
-    for bid in ("b4", "b5", "b6"):  # table, equation, image without bytes: text model
+    for bid in ("b4", "b5"):  # table, equation: text model
         assert b[bid].description == "Model description from fake-llm (text)."
         assert b[bid].description_source == "llm"
         assert b[bid].meta["entity"]["entity_type"] == "text"
+    # an image without bytes (never fetched) is not sent: a model that cannot see it would only
+    # rephrase its caption and context, which the extractive description holds
+    assert b["b6"].description_source == "extractive" and b["b6"].description.startswith("Logo of the city council")
     assert b["b1"].description == "" and b["b1"].description_source == ""  # text blocks untouched
 
     reqs = openai_server.chat_requests()
@@ -97,12 +100,12 @@ def test_second_pass_hits_cache_and_makes_no_calls(openai_server, manifest, tmp_
     first = make_doc(tmp_path)
     describe_document(first, llm, manifest)
     sent = openai_server.count()
-    assert sent == 4
+    assert sent == 3  # the picture without bytes is extractive
 
     second = make_doc(tmp_path)
     stats = describe_document(second, llm, manifest)
     assert openai_server.count() == sent  # zero server calls
-    assert (stats.cache_hits, stats.llm_calls, stats.extractive) == (4, 0, 0)
+    assert (stats.cache_hits, stats.llm_calls, stats.extractive) == (3, 0, 1)
     for a, b in zip(first.blocks, second.blocks):
         assert (a.description, a.description_source, a.meta.get("entity")) == (
             b.description, b.description_source, b.meta.get("entity"))
@@ -115,7 +118,7 @@ def test_changing_the_vision_model_redescribes_only_images(manifest, tmp_path):
         server.reset()
         doc = make_doc(tmp_path)
         stats = describe_document(doc, llm_for(server, vlm_model="vlm-2"), manifest)
-        assert (stats.llm_calls, stats.cache_hits) == (1, 3)
+        assert (stats.llm_calls, stats.cache_hits) == (1, 2)
         assert [r["model"] for r in server.chat_requests()] == ["vlm-2"]
         assert by_id(doc)["b2"].description == "Model description from vlm-2 (image)."
 
@@ -140,19 +143,19 @@ def test_llm_failure_falls_back_and_is_retried_next_run(openai_server, manifest,
     openai_server.fail_next(100, status=500, message="GPU fell over")
     doc = make_doc(tmp_path)
     stats = describe_document(doc, llm_for(openai_server), manifest, give_up_after=0)  # must not raise
-    assert stats.extractive == 4 and len(stats.errors) == 4 and stats.llm_calls == 4
+    assert stats.extractive == 4 and len(stats.errors) == 3 and stats.llm_calls == 3
     for blk in doc.modal_blocks():
         assert blk.description_source == "extractive"
-        assert "GPU fell over" in blk.meta["describe_error"]
+        assert blk.image_missing or "GPU fell over" in blk.meta["describe_error"]
     assert "Table 1: Populations" in by_id(doc)["b4"].description
-    assert openai_server.count("/v1/chat/completions") == 8  # 4 blocks x (1 try + 1 retry)
+    assert openai_server.count("/v1/chat/completions") == 6  # 3 blocks x (1 try + 1 retry)
 
     openai_server.clear_faults()
     openai_server.responder = json_responder
     again = make_doc(tmp_path)
     stats = describe_document(again, llm_for(openai_server), manifest)
-    assert (stats.llm_calls, stats.cache_hits, stats.errors) == (4, 0, [])  # extractive was not cached
-    assert {x.description_source for x in again.modal_blocks()} == {"vlm", "llm"}
+    assert (stats.llm_calls, stats.cache_hits, stats.errors) == (3, 0, [])  # extractive was not cached
+    assert {x.description_source for x in again.modal_blocks() if not x.image_missing} == {"vlm", "llm"}
     assert all("describe_error" not in x.meta for x in again.modal_blocks())
 
 
@@ -162,8 +165,8 @@ def test_server_that_keeps_failing_is_given_up_on(openai_server, manifest, tmp_p
     stats = describe_document(doc, llm_for(openai_server, concurrency=1), manifest, give_up_after=2)
     assert stats.llm_calls == 2 and stats.extractive == 4
     assert openai_server.count("/v1/chat/completions") == 4  # 2 blocks x 2 attempts, then no more
-    skipped = [x for x in doc.modal_blocks() if x.meta["describe_error"].startswith("skipped")]
-    assert len(skipped) == 2
+    skipped = [x for x in doc.modal_blocks() if x.meta.get("describe_error", "").startswith("skipped")]
+    assert len(skipped) == 1  # the third; the fourth, a picture without bytes, is never sent
 
 
 def test_concurrency_limit_is_respected(openai_server, manifest, tmp_path):
@@ -171,8 +174,31 @@ def test_concurrency_limit_is_respected(openai_server, manifest, tmp_path):
     tables = [Block(id="t", kind=BlockKind.TABLE, order=0, text=f"| n |\n|---|\n| {i} |") for i in range(10)]
     doc = make_doc(tmp_path, extra=tables)
     stats = describe_document(doc, llm_for(openai_server, concurrency=3), manifest)
-    assert stats.llm_calls == 14
+    assert stats.llm_calls == 13
     assert openai_server.max_in_flight == 3
+
+
+def test_the_files_of_a_run_share_one_budget_and_ask_once_per_content(openai_server, manifest, tmp_path):
+    """describe_documents: the requests of all files go to one pool (in flight: the client's
+    concurrency, not each file's share of it), and the same picture or table in several files of the
+    run is described once, every copy getting the description."""
+    openai_server.latency_s = 0.3
+    openai_server.responder = json_responder
+    docs = []
+    for i in range(3):
+        own = Block(id="t", kind=BlockKind.TABLE, order=0, text=f"| file |\n|---|\n| {i} |")
+        d = make_doc(tmp_path, extra=[own])  # the same picture, table and equation in every file, one own table
+        docs.append(d.model_copy(update={"file_key": f"local:copy{i}.pdf", "rel_path": f"copy{i}.pdf"}))
+    stats = describe_documents(docs, llm_for(openai_server, concurrency=8), manifest)
+    # per file: 1 picture, 2 tables, 1 equation to describe (the picture without bytes is extractive);
+    # shared by all files but one table
+    assert openai_server.count("/v1/chat/completions") == 3 + 3
+    assert openai_server.max_in_flight == 6  # every request of the run at once, across files
+    assert sum(st.llm_calls for st in stats.values()) == 6 and sum(st.cache_hits for st in stats.values()) == 6
+    for d in docs:
+        assert {x.description_source for x in d.modal_blocks() if not x.image_missing} == {"vlm", "llm"}
+    pics = {by_id(d)["b2"].description for d in docs}
+    assert len(pics) == 1 and "image" in pics.pop()
 
 
 def test_plain_text_reply_is_kept_as_description(openai_server, manifest, tmp_path):
@@ -192,7 +218,7 @@ def test_remote_image_url_is_never_fetched(openai_server, manifest, tmp_path):
     describe_document(doc, llm_for(openai_server), manifest)
     assert openai_server.count("/v1/models") == 0
     assert len([r for r in openai_server.chat_requests() if image_parts(r)]) == 1  # only the local PNG
-    assert doc.blocks[-1].description_source == "llm"
+    assert doc.blocks[-1].description_source == "extractive"  # no bytes: not sent at all
 
 
 def test_relative_image_path_and_empty_blocks(openai_server, manifest, tmp_path):
@@ -205,7 +231,7 @@ def test_relative_image_path_and_empty_blocks(openai_server, manifest, tmp_path)
     stats = describe_document(doc, llm_for(openai_server), manifest, image_root=tmp_path / "blobs")
     assert doc.blocks[-2].description_source == "vlm"
     assert doc.blocks[-1].description_source == "extractive" and doc.blocks[-1].description == ""
-    assert (stats.blocks, stats.llm_calls, stats.extractive) == (6, 5, 1)
+    assert (stats.blocks, stats.llm_calls, stats.extractive) == (6, 4, 2)
 
 
 def test_big_table_extractive_is_truncated_by_rows(manifest, tmp_path):
