@@ -37,9 +37,15 @@ from mmrag.faults import crash_point
 from mmrag.graph_scope import REL_SEP, scoped_context
 from mmrag.graph_txn import Snapshot, patch_atomic_writes, write_text_atomic
 from mmrag.ids import bounded_name, xml_safe
+from mmrag.lightrag_runtime import (
+    _OPEN,
+    _Loop,
+    _milvus_env,
+    _SharedTokenizer,
+    workspace_name,
+)
 from mmrag.state import Manifest
 from mmrag.structural_kg import build_structural_kg, modal_names
-from mmrag.lightrag_runtime import _OPEN, _Loop, _milvus_env, _SharedTokenizer, workspace_name
 from mmrag.tokenize import TOKENIZER
 
 MODES = ("naive", "local", "global", "hybrid", "mix")
@@ -738,7 +744,11 @@ class GraphStore:
             "content": f"{d['keywords']}\t{min(a, b)}\n{max(a, b)}\n{d['description']}"} for (a, b), d in edges.items()})
 
     async def _aremove(self, fk: str) -> dict:
-        from lightrag.utils import compute_mdhash_id, make_relation_chunk_key, make_relation_vdb_ids
+        from lightrag.utils import (
+            compute_mdhash_id,
+            make_relation_chunk_key,
+            make_relation_vdb_ids,
+        )
         rag, refs = self._rag, self._refs
         others = lambda kind, ref: [h for h in refs.holders(kind, ref) if h != fk]  # noqa: E731
         chunks = set(refs.get(fk, "chunk"))

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from openai_server import FakeOpenAIServer, image_parts, prompt_text
 from PIL import Image
 
 from mmrag.blocks import Block, BlockKind, ParsedDocument
-from mmrag.describe import CACHE_NAMESPACE, cache_key, describe_document, describe_documents, parse_reply
+from mmrag.describe import (
+    CACHE_NAMESPACE,
+    cache_key,
+    describe_document,
+    describe_documents,
+    parse_reply,
+)
 from mmrag.llm import LLMClient
 from mmrag.state import Manifest
-from openai_server import FakeOpenAIServer, image_parts, prompt_text
 
 TABLE = "| City | Population |\n|---|---|\n| Oslo | 709000 |\n| Bergen | 289000 |"
 
