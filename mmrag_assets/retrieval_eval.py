@@ -42,7 +42,7 @@ def retrieval_eval(context: AssetExecutionContext, config: EvalConfig, data_dir:
                       f"--source {source}` first")
     settings = milvus.settings()
     res = evaluate(settings, folder, source, text_search=config.text_search, llm=llm.client(),
-                   text_embedder=text_embedder.embedder())
+                   text_embedder=text_embedder.embedder(cached=False))
     plot = plot_recall(res, data_dir.path / "eval" / f"{source}-recall.png")
     context.log.info(f"{source}: " + ", ".join(f"recall@{k} {res[f'recall@{k}']}" for k in KS))
     na = res["not_answerable"]

@@ -25,13 +25,21 @@ class TextEmbedderResource(ConfigurableResource):
         return resolved(text_embed_model=self.model, text_embed_backend=self.backend,
                         chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
 
-    def embedder(self, llm=None) -> TextEmbedder:
+    def embedder(self, llm=None, cached: bool = True):
+        """The text embedder; `cached`: behind the vector cache of this data dir (`mmrag.vector_cache`),
+        so a text seen by an earlier run or file is not embedded again."""
         s = self.settings()
         if s.text_embed_backend == "openai":
             if llm is None:
                 raise ValueError("MMRAG_TEXT_EMBED_BACKEND=openai needs the LLM server (MMRAG_LLM_URL)")
-            return TextEmbedder(s.text_embed_model, "openai", remote_embed=lambda t: llm.embed(t, s.text_embed_model))
-        return _text_embedder(s.text_embed_model)
+            inner = TextEmbedder(s.text_embed_model, "openai", remote_embed=lambda t: llm.embed(t, s.text_embed_model))
+            space = f"openai:{llm.base_url}:{s.text_embed_model}"
+        else:
+            inner, space = _text_embedder(s.text_embed_model), f"st:{s.text_embed_model}"
+        if not cached:
+            return inner
+        from mmrag.vector_cache import CachedTextEmbedder, VectorCache
+        return CachedTextEmbedder(inner, VectorCache(s.cache_dir / "vectors.sqlite"), space)
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,46 @@
+"""The vector cache: each distinct text is embedded once per model, across calls, processes and runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmrag.vector_cache import CachedTextEmbedder, VectorCache
+
+
+class _Counting:
+    model_name, dim = "toy", 4
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def embed(self, texts):
+        self.seen += list(texts)
+        return np.array([[len(t), t.count("a"), 1.0, 0.5] for t in texts], dtype=np.float32).reshape(-1, 4)
+
+
+def test_each_distinct_text_is_embedded_once(tmp_path):
+    inner = _Counting()
+    emb = CachedTextEmbedder(inner, VectorCache(tmp_path / "vectors.sqlite"), "toy")
+    first = emb.embed(["alpha", "beta", "alpha"])
+    assert inner.seen == ["alpha", "beta"] and first.shape == (3, 4) and np.array_equal(first[0], first[2])
+    again = CachedTextEmbedder(_Counting(), VectorCache(tmp_path / "vectors.sqlite"), "toy")  # another process
+    assert np.array_equal(again.embed(["beta", "alpha"]), first[[1, 0]]) and again.inner.seen == []
+    other_model = CachedTextEmbedder(_Counting(), VectorCache(tmp_path / "vectors.sqlite"), "other")
+    other_model.embed(["alpha"])
+    assert other_model.inner.seen == ["alpha"]  # vectors are per model
+    assert emb.embed([]).shape[0] == 0 and (emb.hits, emb.misses) == (1, 2)
+    assert emb.model_name == "toy" and emb.dim == 4  # the rest is the wrapped embedder's
+
+
+def test_cached_vectors_are_the_model_vectors(tmp_path):
+    import os
+
+    from mmrag_resources.embedders import TextEmbedderResource
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    res = TextEmbedderResource()
+    plain = res.embedder(cached=False)
+    texts = ["Mallards dabble in shallow water.", "The reactor is cooled by sodium."]
+    cache = CachedTextEmbedder(plain, VectorCache(tmp_path / "v.sqlite"), "st:all-MiniLM-L6-v2")
+    cache.embed(texts[:1])
+    got = cache.embed(texts)  # one from the cache, one fresh
+    assert np.allclose(got, plain.embed(texts), atol=1e-5) and got.dtype == np.float32
