@@ -54,9 +54,15 @@ class ImageEmbedderResource(ConfigurableResource):
     model: Optional[str] = None
     pretrained: Optional[str] = None
 
-    def embedder(self) -> ImageEmbedder:
+    def embedder(self, cached: bool = True):
+        """The image embedder; `cached`: behind the vector cache of this data dir, keyed by the
+        picture's bytes (`mmrag.vector_cache`)."""
         s = resolved(clip_model=self.model, clip_pretrained=self.pretrained)
-        return _image_embedder(s.clip_model, s.clip_pretrained, str(s.cache_dir))
+        inner = _image_embedder(s.clip_model, s.clip_pretrained, str(s.cache_dir))
+        if not cached or not inner.enabled:
+            return inner
+        from mmrag.vector_cache import CachedImageEmbedder, VectorCache
+        return CachedImageEmbedder(inner, VectorCache(s.cache_dir / "vectors.sqlite"), f"clip:{s.clip_model}/{s.clip_pretrained}")
 
 
 @lru_cache(maxsize=4)

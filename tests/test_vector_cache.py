@@ -44,3 +44,29 @@ def test_cached_vectors_are_the_model_vectors(tmp_path):
     cache.embed(texts[:1])
     got = cache.embed(texts)  # one from the cache, one fresh
     assert np.allclose(got, plain.embed(texts), atol=1e-5) and got.dtype == np.float32
+
+
+def test_the_same_picture_is_embedded_once(tmp_path):
+    from PIL import Image
+
+    from mmrag.vector_cache import CachedImageEmbedder
+
+    class _Images:
+        model_name, dim, enabled = "toy-clip", 3, True
+
+        def __init__(self):
+            self.seen = []
+
+        def embed_images(self, paths):
+            self.seen += list(paths)
+            return np.array([[Image.open(p).size[0], 1.0, 0.0] for p in paths], dtype=np.float32).reshape(-1, 3)
+
+    a, b, c = tmp_path / "logo.png", tmp_path / "copy-of-logo.png", tmp_path / "chart.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(a)
+    b.write_bytes(a.read_bytes())
+    Image.new("RGB", (16, 8), (9, 9, 9)).save(c)
+    inner = _Images()
+    emb = CachedImageEmbedder(inner, VectorCache(tmp_path / "v.sqlite"), "clip:toy")
+    vecs = emb.embed_images([str(a), str(b), str(c)])
+    assert len(inner.seen) == 2 and str(c) in inner.seen and np.array_equal(vecs[0], vecs[1]) and vecs[2][0] == 16
+    assert emb.enabled and emb.dim == 3
