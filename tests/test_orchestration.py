@@ -163,9 +163,16 @@ def test_materialize_one_partition_with_a_temporary_instance(mmrag_env, tmp_path
     root.mkdir()
     (root / "note.md").write_text("# Note\n\nA single note about shovelers.\n")
     Manifest(Settings.from_env().state_path).set_source("docs", str(root))
-    with DagsterInstance.ephemeral() as instance:
+    # Dagster keeps "the current defs-state storage" in a context variable. One CI run (1 in 14 so far)
+    # found it pointing at the storage of an instance an earlier test had dropped, and `materialize`
+    # failed on the dead weakref ("Attempted to resolve undefined DagsterInstance weakref"). The
+    # ephemeral instance has no such storage: say so for this block explicitly.
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    resources = default_resources()
+    with DagsterInstance.ephemeral() as instance, set_defs_state_storage(None):
         instance.add_dynamic_partitions("source_files", ["docs:note.md"])
-        res = materialize(ASSETS, partition_key="docs:note.md", instance=instance, resources=default_resources())
+        res = materialize(ASSETS, partition_key="docs:note.md", instance=instance, resources=resources)
         assert res.success
         mats = res.asset_materializations_for_node("milvus_partitions")
         assert mats and mats[0].metadata["ok"].value == 1
