@@ -163,7 +163,7 @@ def test_materialize_one_partition_with_a_temporary_instance(mmrag_env, tmp_path
     root.mkdir()
     (root / "note.md").write_text("# Note\n\nA single note about shovelers.\n")
     Manifest(Settings.from_env().state_path).set_source("docs", str(root))
-    # Dagster keeps "the current defs-state storage" in a context variable. One CI run (1 in 14 so far)
+    # Dagster keeps "the current defs-state storage" in a context variable. One clean-clone run
     # found it pointing at the storage of an instance an earlier test had dropped, and `materialize`
     # failed on the dead weakref ("Attempted to resolve undefined DagsterInstance weakref"). The
     # ephemeral instance has no such storage: say so for this block explicitly.
