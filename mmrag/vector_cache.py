@@ -52,65 +52,59 @@ class VectorCache:
             c.executemany("INSERT OR REPLACE INTO vectors (space, key, vec) VALUES (?,?,?)",
                           [(space, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
 
+    def through(self, space: str, keys: list[str], items: list, compute) -> tuple[np.ndarray, int]:
+        """Vectors for `items` (their cache `keys`, in order): cached ones read, the others computed
+        once each by `compute(list of items)` and stored. Returns (vectors, how many were computed)."""
+        found = self.get_many(space, keys)
+        missing = {k: it for k, it in zip(keys, items) if k not in found}
+        if missing:
+            fresh = dict(zip(missing, np.asarray(compute(list(missing.values())), dtype=np.float32)))
+            self.put_many(space, fresh)
+            found.update(fresh)
+        return np.stack([found[k] for k in keys]).astype(np.float32), len(missing)
 
-class CachedTextEmbedder:
-    """A TextEmbedder whose `embed` looks each text up in a VectorCache first and embeds only the
-    texts it has not seen (each distinct text once). Everything else is the wrapped embedder's."""
+
+class _Cached:
+    """An embedder behind a VectorCache; everything but the cached method is the wrapped one's."""
 
     def __init__(self, inner, cache: VectorCache, space: str):
         self.inner, self.cache, self.space = inner, cache, space
         self.hits = self.misses = 0
+
+    def _through(self, keys: list[str], items: list, compute) -> np.ndarray:
+        vecs, computed = self.cache.through(self.space, keys, items, compute)
+        self.misses += computed
+        self.hits += len(items) - computed
+        return vecs
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+class CachedTextEmbedder(_Cached):
+    """A TextEmbedder whose `embed` looks each text up by its sha256 first and embeds only the
+    texts it has not seen (each distinct text once)."""
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         if not texts:
             return self.inner.embed(texts)
-        keys = [text_key(t) for t in texts]
-        found = self.cache.get_many(self.space, keys)
-        missing = {k: t for k, t in zip(keys, texts) if k not in found}
-        if missing:
-            vecs = np.asarray(self.inner.embed(list(missing.values())), dtype=np.float32)
-            fresh = dict(zip(missing, vecs))
-            self.cache.put_many(self.space, fresh)
-            found.update(fresh)
-        self.misses += len(missing)
-        self.hits += len(texts) - len(missing)
-        return np.stack([found[k] for k in keys]).astype(np.float32)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+        return self._through([text_key(t) for t in texts], texts, self.inner.embed)
 
 
 def file_key(path: str) -> str:
-    h = hashlib.sha256()
+    from mmrag.blobs import hash_stream
+
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hash_stream(f)
 
 
-class CachedImageEmbedder:
+class CachedImageEmbedder(_Cached):
     """An ImageEmbedder whose `embed_images` looks each picture up by the sha256 of its bytes first
-    (the same logo in a hundred documents is embedded once). Everything else is the wrapped one's."""
-
-    def __init__(self, inner, cache: VectorCache, space: str):
-        self.inner, self.cache, self.space = inner, cache, space
-        self.hits = self.misses = 0
+    (the same logo in a hundred documents is embedded once)."""
 
     def embed_images(self, paths: Sequence[str]) -> np.ndarray:
         paths = list(paths)
         if not paths:
             return self.inner.embed_images(paths)
-        keys = [file_key(p) for p in paths]
-        found = self.cache.get_many(self.space, keys)
-        missing = {k: p for k, p in zip(keys, paths) if k not in found}
-        if missing:
-            fresh = dict(zip(missing, np.asarray(self.inner.embed_images(list(missing.values())), dtype=np.float32)))
-            self.cache.put_many(self.space, fresh)
-            found.update(fresh)
-        self.misses += len(missing)
-        self.hits += len(paths) - len(missing)
-        return np.stack([found[k] for k in keys]).astype(np.float32)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+        return self._through([file_key(p) for p in paths], paths, self.inner.embed_images)
