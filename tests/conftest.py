@@ -28,6 +28,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True)
+def _no_dagster_instance_left_open():
+    """A test that opens a Dagster instance (e.g. through a schedule context's `.instance`) must
+    close it: an open one stays Dagster's "current defs-state storage" after its test, and a later
+    test's `materialize` then fails on the dead instance weakref. Fail the leaking test, by name."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    before = _current_storage.get()
+    yield
+    left = _current_storage.get()
+    if left is not before:
+        _current_storage.set(before)
+        pytest.fail("this test left a Dagster instance open (its defs-state storage is still current); "
+                    "enter contexts that open one with `with`", pytrace=False)
+
+
 @pytest.fixture
 def mmrag_env(tmp_path, monkeypatch):
     """MMRAG_HOME and DAGSTER_HOME in a temp dir; random CLIP weights (explicitly, for tests)."""

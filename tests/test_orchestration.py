@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 import os
 import subprocess
@@ -37,9 +36,10 @@ def _sensor_tick(instance, cursor=None):
     from mmrag_resources.milvus import MilvusResource
     from schedules.sensors import watch_folders
 
-    ctx = build_sensor_context(instance=instance, cursor=cursor,
-                               resources={"data_dir": DataDirResource(), "milvus": MilvusResource()})
-    return watch_folders(ctx)
+    # As the daemon does: the context is a context manager, so what it opens is closed after the tick.
+    with build_sensor_context(instance=instance, cursor=cursor,
+                              resources={"data_dir": DataDirResource(), "milvus": MilvusResource()}) as ctx:
+        return watch_folders(ctx)
 
 
 def _apply(instance, result):
@@ -141,8 +141,12 @@ def test_schedule_reindexes_only_stale_partitions(mmrag_env, tmp_path, capsys, m
     def tick():
         from datetime import datetime, timezone
 
-        return reindex_schedule(build_schedule_context(instance=instance, resources=resources,
-                                                       scheduled_execution_time=datetime.now(timezone.utc)))
+        # Entered as the daemon does: the context opens an instance from the ref (which makes its
+        # defs-state storage Dagster's current one) and closes it on exit. Left open, that storage
+        # outlived its instance and a later test's `materialize` failed on the dead weakref.
+        with build_schedule_context(instance=instance, resources=resources,
+                                    scheduled_execution_time=datetime.now(timezone.utc)) as ctx:
+            return reindex_schedule(ctx)
 
     assert "nothing stale" in tick().skip_message
     # Same bytes written back with a new mtime: still not stale.
@@ -157,9 +161,6 @@ def test_schedule_reindexes_only_stale_partitions(mmrag_env, tmp_path, capsys, m
     assert [tuple(r.tags[t] for t in RANGE) for r in reqs] == [("docs:a.md", "docs:c.md")]
 
 
-@pytest.mark.xfail(strict=False, reason="two clean-clone runs on 2026-11-27 failed here inside Dagster "
-                   "(DefinitionsLoadContext read a defs-state storage whose instance was gone) after an earlier test; "
-                   "it passes alone, with its file and in a local full run; cause under investigation (issue 10 note)")
 def test_materialize_one_partition_with_a_temporary_instance(mmrag_env, tmp_path):
     from mmrag.definitions import default_resources
     from mmrag_assets.jobs import ASSETS
@@ -168,14 +169,8 @@ def test_materialize_one_partition_with_a_temporary_instance(mmrag_env, tmp_path
     root.mkdir()
     (root / "note.md").write_text("# Note\n\nA single note about shovelers.\n")
     Manifest(Settings.from_env().state_path).set_source("docs", str(root))
-    # Dagster keeps "the current defs-state storage" in a context variable. One clean-clone run
-    # found it pointing at the storage of an instance an earlier test had dropped, and `materialize`
-    # failed on the dead weakref ("Attempted to resolve undefined DagsterInstance weakref"). The
-    # ephemeral instance has no such storage: say so for this block explicitly.
-    from dagster._core.storage.defs_state.base import set_defs_state_storage
-
     resources = default_resources()
-    with DagsterInstance.ephemeral() as instance, set_defs_state_storage(None):
+    with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("source_files", ["docs:note.md"])
         res = materialize(ASSETS, partition_key="docs:note.md", instance=instance, resources=resources)
         assert res.success
