@@ -52,6 +52,7 @@ MODES = ("naive", "local", "global", "hybrid", "mix")
 MAX_DOC_ID_BYTES = 64  # ... and a chunk's document id in VARCHAR(64)
 WRITER_WAIT_S = 3600.0  # how long a write session waits for another process's session to end
 _EXTRACTION_MARK, _TUPLE_DELIM = "<|COMPLETE|>", "<|#|>"
+_NOT_IN_ALIAS = ("_id", "original_prompt")  # fields of a cache entry its per-chunk aliases leave out
 
 
 class GraphSessionError(RuntimeError):
@@ -322,10 +323,12 @@ class GraphStore:
                                          llm_response_cache=rag.llm_response_cache, text_chunks_storage=sink)
         # LightRAG rebuilds an entity that survives a deletion from the cached extractions whose
         # `chunk_id` is one of its chunks: each member chunk gets an alias of its unit's entries.
+        # An alias holds the reply, not the prompt (LightRAG never reads `original_prompt` back; with
+        # it, the aliases were 93 % of a 27 MB cache for 50 files).
         for uid, keys in sink.keys.items():
             entries = dict(zip(keys, await rag.llm_response_cache.get_by_ids(keys)))
             for cid in members.get(uid, {}):
-                aliases = {f"{k}:{cid}": {**{f: v for f, v in e.items() if f != "_id"}, "chunk_id": cid}
+                aliases = {f"{k}:{cid}": {**{f: v for f, v in e.items() if f not in _NOT_IN_ALIAS}, "chunk_id": cid}
                            for k, e in entries.items() if e}
                 if aliases:
                     await rag.llm_response_cache.upsert(aliases)

@@ -440,6 +440,13 @@ def test_two_extraction_units_make_two_requests_and_map_entities_to_their_chunks
         edge = _edge(s, "Acme Pump", "Turbine Hall")
         assert set(edge["source_id"].split("<SEP>")) == named("Acme Pump") & named("Turbine Hall")
         assert {"Acme Pump", "Turbine Hall", "Valve Bank"} <= set(s.manifest.graph_refs("s:log.md", "entity"))
+        # Each member chunk has an alias of its unit's cached extractions (LightRAG rebuilds from
+        # them): the reply and the chunk, not the 14 KB prompt again.
+        cache = s.rag.llm_response_cache
+        listed = [k for t in set(texts) for k in s.run(s.rag.text_chunks.get_by_id(chunk_id(t)))["llm_cache_list"]]
+        aliases = [a for a in s.run(cache.get_by_ids(listed)) if a]
+        assert len(aliases) == len(listed) == 2 * len(set(texts))  # extract + glean per member chunk
+        assert all(a["return"] and "original_prompt" not in a for a in aliases)
         s.remove_file("s:log.md")
         assert not {"Acme Pump", "Turbine Hall", "Valve Bank"} & _nodes(s) and s.stats() == (0, 0)
         assert s.manifest.graph_refs("s:log.md", "entity") == []
