@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +21,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
+_loaded: dict[tuple, object] = {}  # models by (kind, name...): loaded once per process
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 # After a failed weight download, don't try again for this long (each try can take ~45 s offline).
 CLIP_RETRY_AFTER_S = 3600
@@ -87,15 +87,25 @@ class TextEmbedder:
         return np.asarray(vecs, dtype=np.float32)
 
 
-@lru_cache(maxsize=4)
-def _load_sentence_transformer(path: str):
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a per-load progress bar is noise in run logs
+def _load_once(key: tuple, load: Callable[[], object]):
+    """A model loaded once per process, also when two threads ask for it at once (a warm-up thread
+    and a step): the second waits for the first's load instead of loading a copy."""
     with _load_lock:
+        if key not in _loaded:
+            _loaded[key] = load()
+        return _loaded[key]
+
+
+def _load_sentence_transformer(path: str):
+    def load():
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a per-load progress bar is noise in run logs
         log.info("loading text embedder %s", path)
         return SentenceTransformer(path, device="cpu")
+
+    return _load_once(("st", path), load)
 
 
 class ImageEmbedder:
@@ -184,12 +194,13 @@ class ImageEmbedder:
         return feats.cpu().numpy().astype(np.float32)
 
 
-@lru_cache(maxsize=2)
 def _load_clip(model: str, pretrained: str | None):
-    import open_clip
+    def load():
+        import open_clip
 
-    with _load_lock:
         log.info("loading CLIP %s/%s", model, pretrained or "random weights")
         m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device="cpu")
         m.eval()
         return m, preprocess, open_clip.get_tokenizer(model)
+
+    return _load_once(("clip", model, pretrained), load)

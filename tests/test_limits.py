@@ -137,6 +137,30 @@ def test_a_worker_that_dies_fails_its_file_and_is_replaced(mmrag_env, tmp_path):
     assert sup.pid is None
 
 
+def test_closing_the_supervisor_does_not_wait_for_the_worker_to_exit(mmrag_env, tmp_path):
+    """The run goes on while the worker shuts its interpreter down; the worker still goes away."""
+    md = tmp_path / "ok.md"
+    md.write_text("# Teal\n\nTeals are small dabbling ducks.\n")
+    sup = _sup(tmp_path)
+    assert _parse(sup, md).blocks
+    pid = sup.pid
+    t0 = time.monotonic()
+    sup.close()
+    assert time.monotonic() - t0 < 0.5 and sup.pid is None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
 def test_parser_errors_come_back_as_before(mmrag_env, tmp_path):
     """SkipFile and ParseError cross the process boundary with their class and message."""
     from mmrag.stages import FileOutcome, RawFile, parse_stage

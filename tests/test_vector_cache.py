@@ -70,3 +70,28 @@ def test_the_same_picture_is_embedded_once(tmp_path):
     vecs = emb.embed_images([str(a), str(b), str(c)])
     assert len(inner.seen) == 2 and str(c) in inner.seen and np.array_equal(vecs[0], vecs[1]) and vecs[2][0] == 16
     assert emb.enabled and emb.dim == 3
+
+
+def test_a_model_asked_for_by_two_threads_at_once_loads_once():
+    """The parse step's warm-up thread and the embeddings step may ask for the same model at once:
+    the second waits for the first's load and gets the same object."""
+    import threading
+    import time
+
+    from mmrag.embedders import _load_once
+
+    calls = []
+
+    def load():
+        calls.append(1)
+        time.sleep(0.3)
+        return object()
+
+    key = ("test", f"model-{time.monotonic_ns()}")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(_load_once(key, load))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 2 and got[0] is got[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -230,6 +231,24 @@ def _rebuild_error(reply: tuple) -> BaseException:
     return type(name, (base,), {"__module__": "mmrag.parsing.worker"})(msg)
 
 
+def _kill_worker(proc, conn) -> None:
+    """Kill a parse worker and its children (one process group), then close its pipe."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+    try:
+        proc.kill()
+    except Exception:
+        pass
+    proc.join(5)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children left after the leader died by itself
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+    conn.close()
+
+
 class ParseSupervisor:
     """`parse(path, detected, **ident)` like ParserResource.parse, in a supervised worker.
     Use as a context manager (or call close()): one per run."""
@@ -262,34 +281,27 @@ class ParseSupervisor:
     def _kill(self) -> None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker and its children (same group)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-        try:
-            proc.kill()
-        except Exception:
-            pass
-        proc.join(5)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # children left after the leader died by itself
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-        conn.close()
+        if proc is not None:
+            _kill_worker(proc, conn)
 
     def close(self) -> None:
-        """Stop the worker (it also exits on its own when the pipe closes)."""
+        """Stop the worker: ask it to exit and return; a reaper thread waits up to 5 s for it, then
+        kills its process group. (The worker's interpreter shutdown took 1.6 s of a run's wall when
+        waited for; it holds nothing to save, and it also exits when the pipe closes.)"""
         proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
         if proc is None:
             return
         try:
             conn.send(None)
         except Exception:
             pass
-        proc.join(5)
-        self._kill()
+
+        def reap() -> None:
+            proc.join(5)
+            _kill_worker(proc, conn)
+
+        threading.Thread(target=reap, name="mmrag-parse-reaper", daemon=True).start()
 
     @property
     def pid(self) -> int | None:
