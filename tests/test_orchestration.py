@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def _apply(instance, result):
     defs = _defs()
     for rr in result.run_requests:
         job = defs.resolve_job_def(rr.job_name)
-        res = job.execute_in_process(instance=instance, tags=rr.tags, run_config=rr.run_config or None)
+        res = job.execute_in_process(instance=instance, tags={**rr.tags, "dagster/run_key": rr.run_key},
+                                     run_config=rr.run_config or None)
         assert res.success
 
 
@@ -232,7 +234,8 @@ def test_sensor_frees_a_dead_run_and_requests_its_files_again(mmrag_env, tmp_pat
     gone.wait()  # a pid whose process has exited
     run_id = str(uuid.uuid4())
     instance.add_run(DagsterRun(job_name="ingest_job", run_id=run_id, status=DagsterRunStatus.STARTED,
-                                tags={**first.run_requests[0].tags, **owner_tags(gone.pid)}))
+                                tags={**first.run_requests[0].tags, "dagster/run_key": first.run_requests[0].run_key,
+                                      **owner_tags(gone.pid)}))  # as the daemon makes it
     instance.event_log_storage.set_concurrency_slots("mmrag_index", 1)
     assert instance.event_log_storage.claim_concurrency_slot("mmrag_index", run_id, "milvus_partitions", 0).is_claimed
     again = _sensor_tick(instance, quiet.cursor)
@@ -240,6 +243,77 @@ def test_sensor_frees_a_dead_run_and_requests_its_files_again(mmrag_env, tmp_pat
     assert instance.event_log_storage.get_concurrency_info("mmrag_index").active_slot_count == 0
     assert [rr.tags[RANGE[0]] for rr in again.run_requests] == ["docs:a.md"]
     assert again.run_requests[0].run_key != first.run_requests[0].run_key  # a new run, not a skipped duplicate
+
+
+def _record_run(instance, request, status) -> str:
+    """The run the daemon makes of a run request (its run key as a tag), in `status`."""
+    import uuid
+
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    run_id = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name=request.job_name, run_id=run_id, status=status,
+                                tags={**request.tags, "dagster/run_key": request.run_key}))
+    return run_id
+
+
+def test_a_file_whose_run_ended_without_it_is_requested_again_then_with_backoff(mmrag_env, tmp_path, monkeypatch):
+    """A run marked failed by someone else (Dagster's code server saw its process killed; its run
+    monitoring; a step error) leaves nothing for the sensor's own reaper: the file is requested again
+    at once, and after a second such run only once the backoff has passed. A run still in flight
+    keeps its files requested; so does a deletion whose clean-up run is in flight, and one whose
+    clean-up run failed is requested again."""
+    from dagster import DagsterRunStatus
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# Alpha\n\nAlpha counts pochards.\n")
+    (root / "b.md").write_text("# Beta\n\nBeta counts smews.\n")
+    monkeypatch.setenv("MMRAG_WATCH", f"docs={root}")
+    monkeypatch.setenv("MMRAG_RETRY_BACKOFF_S", "2")
+    instance = DagsterInstance.get()
+    first = _sensor_tick(instance)
+    _apply_partitions_only(instance, first)
+    [req] = first.run_requests
+    run_id = _record_run(instance, req, DagsterRunStatus.STARTED)
+    tick = _sensor_tick(instance, first.cursor)
+    assert not tick.run_requests  # in flight: not again
+    # Another writer (an overlapping CLI ingest) finishes a.md, then the run in flight marks it
+    # `indexing` again: still that run's file, not a new request (each overlap made the next run).
+    from mmrag.state import FileRecord
+
+    manifest, st = Manifest(Settings.from_env().state_path), (root / "a.md").stat()
+    manifest.upsert(FileRecord("docs:a.md", "docs", str(root), "a.md", content_hash="x", size=st.st_size,
+                               mtime=st.st_mtime, status="indexed"))
+    tick = _sensor_tick(instance, tick.cursor)
+    manifest.update("docs:a.md", status="indexing")
+    tick = _sensor_tick(instance, tick.cursor)
+    assert not tick.run_requests
+    instance.report_run_failed(instance.get_run_by_id(run_id), message="killed (as the code server reports it)")
+
+    again = _sensor_tick(instance, tick.cursor)
+    assert [(rr.tags[RANGE[0]], rr.tags[RANGE[1]]) for rr in again.run_requests] == [("docs:a.md", "docs:b.md")]
+    assert again.run_requests[0].run_key != req.run_key
+    _record_run(instance, again.run_requests[0], DagsterRunStatus.FAILURE)
+    waiting = _sensor_tick(instance, again.cursor)  # a second run ended without them: the backoff
+    assert not waiting.run_requests and "next attempt in" in waiting.skip_reason.skip_message
+    time.sleep(2.5)
+    later = _sensor_tick(instance, waiting.cursor)
+    assert [rr.tags[RANGE[0]] for rr in later.run_requests] == ["docs:a.md"]
+
+    # Indexed (the run did its work): the bookkeeping is forgotten; then a deletion whose clean-up fails.
+    _apply(instance, later)
+    done = _sensor_tick(instance, later.cursor)
+    assert not done.run_requests and json.loads(done.cursor)["retries"] == {}
+    (root / "b.md").unlink()
+    delete = _sensor_tick(instance, done.cursor)
+    [cleanup] = [rr for rr in delete.run_requests if rr.job_name == "cleanup_job"]
+    cleanup_id = _record_run(instance, cleanup, DagsterRunStatus.STARTED)
+    assert not _sensor_tick(instance, delete.cursor).run_requests
+    instance.report_run_failed(instance.get_run_by_id(cleanup_id), message="clean-up failed")
+    retry = _sensor_tick(instance, delete.cursor)
+    assert [rr.run_config["ops"]["remove_deleted_files"]["config"]["file_keys"] for rr in retry.run_requests] \
+        == [["docs:b.md"]]
 
 
 def _apply_partitions_only(instance, result):
