@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Callable
 
 HOST_TAG, PID_TAG, START_TAG = "mmrag/host", "mmrag/pid", "mmrag/pid-start"
@@ -62,6 +63,40 @@ def tag_current_run(instance, run_id: str) -> None:
     run = instance.get_run_by_id(run_id)
     if run is not None and run.tags.get(PID_TAG) != str(os.getpid()):
         instance.add_run_tags(run_id, owner_tags())
+
+
+_stack_file = None
+
+
+def enable_stack_dumps(logs_dir: Path) -> Path | None:
+    """`kill -USR1 <pid>` of a run's process writes every thread's stack to
+    `<logs_dir>/stacks-<pid>.txt` (appended; the process goes on). For a run that seems stuck: the
+    pid is the run's `mmrag/pid` tag. Once per process; None where it cannot be set up. The file is
+    removed when the process exits with it empty."""
+    global _stack_file
+    import atexit
+    import faulthandler
+    import signal
+
+    if _stack_file is not None:
+        return Path(_stack_file.name)
+    try:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        f = open(logs_dir / f"stacks-{os.getpid()}.txt", "a")  # noqa: SIM115 - open while the process lives
+        faulthandler.register(signal.SIGUSR1, file=f, all_threads=True)
+    except (OSError, ValueError, AttributeError):  # no SIGUSR1 (Windows), read-only data dir
+        return None
+    _stack_file = f
+
+    def drop_if_empty() -> None:
+        path = Path(f.name)
+        faulthandler.unregister(signal.SIGUSR1)
+        f.close()
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+
+    atexit.register(drop_if_empty)
+    return Path(f.name)
 
 
 def reap_dead_runs(instance, log: Callable[[str], None] = lambda msg: None) -> list[str]:

@@ -19,11 +19,13 @@ class DataDirResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Record which process executes the run (host, pid, start time), so a later ingest can tell
-        that the run died and free what it held (`mmrag.runs`)."""
+        that the run died and free what it held (`mmrag.runs`); `kill -USR1 <pid>` then writes the
+        process's stacks to `<home>/logs/stacks-<pid>.txt`."""
         if context.instance is not None and context.run_id:
-            from mmrag.runs import tag_current_run
+            from mmrag.runs import enable_stack_dumps, tag_current_run
 
             tag_current_run(context.instance, context.run_id)
+            enable_stack_dumps(self.settings().home / "logs")
 
     def settings(self):
         return resolved(home=Path(self.home) if self.home else None)

@@ -34,9 +34,10 @@ def rows_by_file(modality: str = TEXT) -> dict[str, set[str]]:
 __all__ = ["cli_json", "store", "rows_by_file", "TEXT", "IMAGE"]
 
 
-def wait_while_up(what: str, check, timeout: float, proc, log):
+def wait_while_up(what: str, check, timeout: float, proc, log, home=None):
     """Poll `check()` every second until it returns something truthy (returned), while the `mmrag up`
-    process `proc` runs; fail with the end of its `log` if it exits or `timeout` passes."""
+    process `proc` runs; fail with the end of its `log` if it exits, and with what `up_diagnosis`
+    finds (`home`: its data dir, default `<log's folder>/home`) if `timeout` passes."""
     import time
 
     import httpx
@@ -50,4 +51,52 @@ def wait_while_up(what: str, check, timeout: float, proc, log):
         except httpx.TransportError:
             pass
         time.sleep(1)
-    raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-3000:]}\n"
+                         f"{up_diagnosis(proc, home or log.parent / 'home')}")
+
+
+def up_diagnosis(proc, home) -> str:
+    """What a stuck `mmrag up` is doing: its processes, its runs and their last steps, the stacks of
+    the runs' processes (`kill -USR1`, mmrag.runs.enable_stack_dumps), the end of the daemon's log."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    out = ["--- processes under mmrag up:"]
+    try:
+        for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+            with p.oneshot():
+                cpu = p.cpu_times()
+                out.append(f"  {p.pid} {p.status()} cpu {cpu.user + cpu.system:.1f} s: {' '.join(p.cmdline())[:160]}")
+    except psutil.Error as e:
+        out.append(f"  ({e})")
+    home = Path(home)
+    try:
+        from dagster import DagsterInstance
+
+        from mmrag.runs import PID_TAG
+
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            for run in instance.get_runs(limit=10):
+                steps = [e.dagster_event.event_type_value + " " + (e.step_key or "")
+                         for e in instance.all_logs(run.run_id) if e.dagster_event is not None][-4:]
+                out.append(f"--- run {run.run_id[:8]} {run.status.value} pid {run.tags.get(PID_TAG)}: {steps}")
+                if run.status.value == "STARTED" and run.tags.get(PID_TAG, "").isdigit():
+                    try:
+                        os.kill(int(run.tags[PID_TAG]), signal.SIGUSR1)
+                    except OSError:
+                        pass
+    except Exception as e:  # noqa: BLE001 - a diagnosis never hides the failure
+        out.append(f"--- runs: {e!r}")
+    time.sleep(1)
+    for f in sorted((home / "logs").glob("stacks-*.txt")):
+        out.append(f"--- {f.name}:\n{f.read_text(errors='replace')[-6000:]}")
+    daemon = home / "logs" / "daemon.log"
+    if daemon.exists():
+        noise = ("Checking for new runs", "skipped: no change", "Priority sorting")
+        lines = [ln for ln in daemon.read_text(errors="replace").splitlines() if not any(n in ln for n in noise)]
+        out.append("--- daemon.log (end):\n" + "\n".join(ln[:300] for ln in lines[-60:]))
+    return "\n".join(out)

@@ -88,3 +88,35 @@ def test_executor_waiting_for_a_slot_sleeps():
     assert 3 < ctx.interval_to_next_pending_claim_check() <= 4
     ctx._pending_timeouts = {"step": time.time() - 1}
     assert ctx.interval_to_next_pending_claim_check() == 0.5
+
+
+def test_a_run_process_writes_its_stacks_on_sigusr1_and_leaves_no_empty_file(tmp_path):
+    """`kill -USR1 <run pid>` shows what a stuck run waits on; a process that was never asked leaves
+    no file behind."""
+    import signal
+    import sys
+
+    from conftest import REPO
+
+    script = ("import os, signal, sys, threading, time\n"
+              "from pathlib import Path\n"
+              "from mmrag.runs import enable_stack_dumps\n"
+              "enable_stack_dumps(Path(sys.argv[1]))\n"
+              "threading.Thread(target=time.sleep, args=(30,), name='waiter', daemon=True).start()\n"
+              "print('ready', flush=True)\n"
+              "sys.stdin.readline()\n")
+    asked = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert asked.stdout.readline().strip() == "ready"
+    asked.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert asked.poll() is None  # the process goes on
+    asked.communicate("\n", timeout=30)
+    dump = (tmp_path / f"stacks-{asked.pid}.txt").read_text()
+    assert 'File "<string>"' in dump  # the main thread, waiting on stdin
+    assert "threading.py" in dump  # and the waiter thread
+
+    quiet = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, input="\n", text=True,
+                           capture_output=True, timeout=60)
+    assert quiet.returncode == 0, quiet.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"stacks-{asked.pid}.txt"]
