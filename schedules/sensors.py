@@ -28,8 +28,7 @@ from dagster import (
 )
 
 from mmrag.runs import reap_dead_runs
-from mmrag.state import DONE
-from mmrag.sync import contiguous_ranges, plan_sync, range_tags, scan_root
+from mmrag.sync import RequestBook, contiguous_ranges, plan_sync, range_tags, scan_root
 from mmrag_assets.cleanup import cleanup_job
 from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
 from mmrag_assets.partitions import source_files
@@ -38,7 +37,6 @@ from mmrag_resources.milvus import MilvusResource
 from schedules.watch import sensor_interval_s, sensor_status, watched_roots
 
 
-REQUEST_TTL_S = 6 * 3600
 RUN_KEY_TAG = "dagster/run_key"
 
 
@@ -69,45 +67,16 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
     roots = watched_roots(manifest)
     if not roots:
         return SkipReason("no folder is watched: run `mmrag ingest ROOT` once or set MMRAG_WATCH")
-    cursor = json.loads(context.cursor) if context.cursor else {}
     reaped = reap_dead_runs(context.instance, context.log.warning)
     ordered = context.instance.get_dynamic_partitions(source_files.name)
     partitions = set(ordered)
     records = {r.file_key: r for r in manifest.all()}
     settings = data_dir.settings()
     now = time.time()
-    old_requested = cursor.get("requested", {})  # key -> [size, mtime, requested at, run key]
-    old_deleting = cursor.get("deleting", {})  # key -> clean-up run key
-    if isinstance(old_deleting, list):  # a cursor written before run keys were kept
-        old_deleting = dict.fromkeys(old_deleting)
-    retries = {k: v for k, v in cursor.get("retries", {}).items() if k in partitions}  # key -> [n, not before, size, mtime]
-    exists, ended = _runs_by_key(context.instance, [v[3] for v in old_requested.values() if len(v) > 3]
-                            + [v for v in old_deleting.values() if v])
-
-    def finished(k: str, v: list) -> bool:
-        rec = records.get(k)
-        return rec is not None and rec.status in DONE and (rec.updated_at or 0) >= v[2]
-
-    # A request is settled when its own run has ended (not when some other run, a CLI ingest say,
-    # finished the file: forgetting it then made every overlapping run request the next one): the
-    # file finished, or it is requested again, at once the first time and after the backoff from
-    # the second on. A request whose run the daemon has not created yet is kept up to REQUEST_TTL_S.
-    # (A request of a cursor written before run keys were kept: settled when the file finished,
-    # made again after the TTL or when a dead run was reaped above.)
-    requested = {}
-    for k, v in old_requested.items():
-        run_key = v[3] if len(v) > 3 else None
-        if run_key in ended or (run_key is None and finished(k, v)):
-            if finished(k, v):
-                retries.pop(k, None)
-                continue
-            n = retries.get(k, [0])[0] + 1
-            retries[k] = [n, settings.retry_at(n - 1, now) if n > 1 else now, *v[:2]]
-            context.log.warning(f"{k}: its run ended without indexing it (attempt {n}); requested again"
-                                + (f" in {retries[k][1] - now:.0f} s" if n > 1 else ""))
-        elif run_key in exists or (now - v[2] < REQUEST_TTL_S and (run_key is not None or not reaped)):
-            requested[k] = v
-    deleting = {k: v for k, v in old_deleting.items() if k in records and not (v and v in ended)}
+    book = RequestBook.from_cursor(context.cursor, partitions)
+    exists, ended = _runs_by_key(context.instance, book.run_keys())
+    for warning in book.settle(records, exists, ended, now, settings.retry_at, reaped=bool(reaped)):
+        context.log.warning(warning)
 
     adds, deletes, to_run, notes = [], [], [], []
     for source, root in sorted(roots.items()):
@@ -120,22 +89,22 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
             manifest.update(key, size=size, mtime=mtime)
         for key in plan.new + plan.changed + plan.stale:  # stale here: transient failures due a retry
             stat = list(scan.files[key][1:])
-            if key in requested and requested[key][:2] == stat:
-                continue  # already requested at this stat; its run has not finished yet
-            if key in retries and retries[key][2:] == stat and now < retries[key][1]:
-                notes.append(f"{key}: next attempt in {retries[key][1] - now:.0f} s")
-                continue  # its runs keep ending without it: wait the backoff (unless the file changes)
-            requested[key] = stat + [now]
+            wait = book.wait_reason(key, stat, now)
+            if wait:
+                if wait != "requested":
+                    notes.append(f"{key}: {wait}")
+                continue
+            book.request(key, stat, now)
             to_run.append(key)
             if key in plan.new:
                 adds.append(key)
-        deletes += [k for k in plan.deleted if k not in deleting]
+        deletes += [k for k in plan.deleted if k not in book.deleting]
 
     tags = dict(LITE_WRITER_TAG) if milvus.is_lite else {}
     requests = []
     if deletes:
         cleanup_key = _run_key("cleanup", deletes, now)  # a retried deletion gets a new run
-        deleting.update(dict.fromkeys(deletes, cleanup_key))
+        book.deleting.update(dict.fromkeys(deletes, cleanup_key))
         requests.append(RunRequest(
             job_name=cleanup_job.name, run_key=cleanup_key, tags=tags,
             run_config={"ops": {"remove_deleted_files": {"config": {"file_keys": deletes}}}},
@@ -146,9 +115,8 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
         # the request times are in the key: a file requested again (its run died, a retry is due)
         # gets a new run, not one Dagster would skip as already launched
         keys = order_after[order_after.index(start): order_after.index(end) + 1]
-        run_key = _run_key("ingest", start, end, [requested.get(k, [None, None, None])[:3] for k in keys])
-        for k in keys:
-            requested[k] = requested[k][:3] + [run_key]
+        run_key = _run_key("ingest", start, end, [book.requested[k][:3] for k in keys])
+        book.assign(keys, run_key)
         requests.append(RunRequest(job_name=ingest_job.name, run_key=run_key, tags={**tags, **range_tags(start, end)}))
     partition_requests = []
     if adds:
@@ -156,7 +124,7 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
     dropped = [k for k in deletes if k in partitions]
     if dropped:
         partition_requests.append(DeleteDynamicPartitionsRequest(source_files.name, dropped))
-    new_cursor = json.dumps({"requested": requested, "deleting": deleting, "retries": retries})
+    new_cursor = book.to_cursor()
     if not requests and not partition_requests:
         return SensorResult(skip_reason=SkipReason("no change" + (f" ({'; '.join(notes)})" if notes else "")),
                             cursor=new_cursor)

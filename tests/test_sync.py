@@ -6,7 +6,7 @@ import os
 
 from mmrag.blobs import hash_file
 from mmrag.state import FileRecord
-from mmrag.sync import contiguous_ranges, plan_sync, scan_root
+from mmrag.sync import REQUEST_TTL_S, RequestBook, contiguous_ranges, plan_sync, scan_root
 
 
 def _indexed(scan, fingerprint="fp"):
@@ -121,3 +121,73 @@ def test_media_and_sidecar_subtitles_are_replanned_together(tmp_path):
     os.remove(root / "talk.mp4")
     plan = plan_sync(scan_root(root, "m"), recs, set(recs), fingerprint="fp")
     assert plan.deleted == ["m:talk.mp4"] and plan.changed == ["m:talk.en.vtt"]
+
+
+def _rec(key: str, status: str, updated_at: float) -> FileRecord:
+    return FileRecord(key, "docs", "/r", key.split(":", 1)[1], status=status, updated_at=updated_at)
+
+
+def test_request_book_settles_a_request_when_its_own_run_ends():
+    """The sensor's bookkeeping without Dagster: a request lives until its own run ends; a file that
+    run left unfinished is requested again at once, then after the backoff; a file finished by some
+    other run while its own run is in flight stays requested (no chain of runs); the cursor survives
+    a round trip, and one written before run keys were kept still reads."""
+    backoff = lambda attempts, now: now + 30 * 2 ** (attempts - 1)  # noqa: E731 (Settings.retry_at's shape)
+    book = RequestBook()
+    for k in ("docs:a.md", "docs:b.md", "docs:c.md"):
+        book.request(k, [10, 1.0], now=100.0)
+    book.assign(["docs:a.md", "docs:b.md"], "run-1")
+    book.assign(["docs:c.md"], "run-2")
+    assert sorted(book.run_keys()) == ["run-1", "run-1", "run-2"]
+
+    # run-1 in flight, run-2 not created yet; b.md finished by another writer meanwhile: all kept
+    records = {"docs:b.md": _rec("docs:b.md", "indexed", 150.0)}
+    assert book.settle(records, exists={"run-1"}, ended=set(), now=200.0, retry_at=backoff) == []
+    assert set(book.requested) == {"docs:a.md", "docs:b.md", "docs:c.md"}
+    assert book.wait_reason("docs:a.md", [10, 1.0], 200.0) == "requested"
+    assert book.wait_reason("docs:a.md", [11, 2.0], 200.0) is None  # changed since: request it again
+
+    # run-1 ended: b.md finished (settled), a.md not (requested again at once, attempt 1)
+    warnings = book.settle(records, exists={"run-1"}, ended={"run-1"}, now=300.0, retry_at=backoff)
+    assert warnings == ["docs:a.md: its run ended without indexing it (attempt 1); requested again"]
+    assert set(book.requested) == {"docs:c.md"} and book.retries["docs:a.md"] == [1, 300.0, 10, 1.0]
+    assert book.wait_reason("docs:a.md", [10, 1.0], 300.0) is None
+
+    # its second run ends without it too: the backoff (30 s) holds it, unless the file changes
+    book.request("docs:a.md", [10, 1.0], 310.0)
+    book.assign(["docs:a.md"], "run-3")
+    warnings = book.settle(records, exists={"run-3"}, ended={"run-3"}, now=400.0, retry_at=backoff)
+    assert warnings == ["docs:a.md: its run ended without indexing it (attempt 2); requested again in 30 s"]
+    assert book.wait_reason("docs:a.md", [10, 1.0], 410.0) == "next attempt in 20 s"
+    assert book.wait_reason("docs:a.md", [12, 3.0], 410.0) is None
+    assert book.wait_reason("docs:a.md", [10, 1.0], 431.0) is None
+
+    # a third run indexes it: the retry bookkeeping goes
+    book.request("docs:a.md", [10, 1.0], 431.0)
+    book.assign(["docs:a.md"], "run-4")
+    records["docs:a.md"] = _rec("docs:a.md", "indexed", 500.0)
+    assert book.settle(records, exists={"run-4"}, ended={"run-4"}, now=600.0, retry_at=backoff) == []
+    assert "docs:a.md" not in book.requested and book.retries == {}
+
+    # run-2 never created: kept up to the TTL, then dropped (the next scan requests it anew)
+    book.settle(records, exists=set(), ended=set(), now=100.0 + REQUEST_TTL_S - 1, retry_at=backoff)
+    assert "docs:c.md" in book.requested
+    book.settle(records, exists=set(), ended=set(), now=100.0 + REQUEST_TTL_S + 1, retry_at=backoff)
+    assert "docs:c.md" not in book.requested
+
+    # deletions: kept while the clean-up runs and the file is indexed; requested again when it ended
+    book.deleting = {"docs:a.md": "clean-1", "docs:gone.md": "clean-1"}
+    book.settle(records, exists={"clean-1"}, ended=set(), now=700.0, retry_at=backoff)
+    assert book.deleting == {"docs:a.md": "clean-1"}  # gone.md has no record left: its deletion is done
+    book.settle(records, exists={"clean-1"}, ended={"clean-1"}, now=800.0, retry_at=backoff)
+    assert book.deleting == {}
+
+    # the cursor round trip; a cursor of an older version (deleting as a list, no run keys)
+    again = RequestBook.from_cursor(book.to_cursor(), partitions={"docs:a.md"})
+    assert again == book
+    old = RequestBook.from_cursor(
+        '{"requested": {"docs:a.md": [10, 1.0, 450.0]}, "deleting": ["docs:a.md"], '
+        '"retries": {"docs:x.md": [1, 0, 1, 1]}}', partitions={"docs:a.md"})
+    assert old.deleting == {"docs:a.md": None} and old.retries == {}  # x.md is no partition any more
+    # an old request is settled when the file finished after it was made
+    assert old.settle(records, set(), set(), now=950.0, retry_at=backoff) == [] and old.requested == {}
