@@ -68,6 +68,24 @@ def tag_current_run(instance, run_id: str) -> None:
 _stack_file = None
 
 
+_quick_exit = False
+
+
+def skip_exit_collection() -> None:
+    """At exit, freeze the heap before the interpreter's last garbage collection: a process that
+    held torch, Docling, LightRAG and Dagster spent ~4 s of CPU collecting a heap the OS frees anyway
+    (measured: a 5-file `mmrag ingest` left `main` 4.8 s before it ended, 0.7 s frozen). atexit
+    handlers still run; objects in reference cycles are not finalized, which Python never promises
+    at exit anyway (every store mmrag writes is committed or closed explicitly). Once per process."""
+    global _quick_exit
+    import atexit
+    import gc
+
+    if not _quick_exit:
+        _quick_exit = True
+        atexit.register(gc.freeze)
+
+
 def enable_stack_dumps(logs_dir: Path) -> Path | None:
     """`kill -USR1 <pid>` of a run's process writes every thread's stack to
     `<logs_dir>/stacks-<pid>.txt` (appended; the process goes on). For a run that seems stuck: the

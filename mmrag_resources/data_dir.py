@@ -20,12 +20,14 @@ class DataDirResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Record which process executes the run (host, pid, start time), so a later ingest can tell
         that the run died and free what it held (`mmrag.runs`); `kill -USR1 <pid>` then writes the
-        process's stacks to `<home>/logs/stacks-<pid>.txt`."""
+        process's stacks to `<home>/logs/stacks-<pid>.txt`. The process skips its exit-time garbage
+        collection (`mmrag.runs.skip_exit_collection`)."""
         if context.instance is not None and context.run_id:
-            from mmrag.runs import enable_stack_dumps, tag_current_run
+            from mmrag.runs import enable_stack_dumps, skip_exit_collection, tag_current_run
 
             tag_current_run(context.instance, context.run_id)
             enable_stack_dumps(self.settings().home / "logs")
+            skip_exit_collection()
 
     def settings(self):
         return resolved(home=Path(self.home) if self.home else None)
