@@ -30,6 +30,11 @@ _BY_EXT = {ext: kind for kind, exts in DOCUMENT_KINDS.items() for ext in exts}
 _OOXML = {"docx", "pptx", "xlsx"}
 
 
+def kind_by_name(name: str) -> str:
+    """The kind a file's extension says (its content may say otherwise: `detect`)."""
+    return _BY_EXT.get(Path(name).suffix.lower(), "unknown")
+
+
 @dataclass(frozen=True)
 class Detected:
     kind: str  # one of DOCUMENT_KINDS, or "unknown"

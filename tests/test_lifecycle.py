@@ -31,8 +31,15 @@ def test_reingest_is_idempotent_and_makes_no_llm_call(mmrag_env, tmp_path, capsy
     monkeypatch.setenv("MMRAG_VLM_MODEL", "fake-vlm")
     monkeypatch.setenv("MMRAG_LLM_RETRIES", "0")
     root = copy_corpus(SAMPLE, tmp_path / "docs", ["duck.md", "word_sample.docx", "powerpoint_with_image.pptx"])
+    from mmrag.parsing import worker
+
+    spawned, take = [], worker._take_spare
+    monkeypatch.setattr(worker, "_spawn", lambda config, _spawn=worker._spawn: spawned.append(config) or _spawn(config))
+    monkeypatch.setattr(worker, "_take_spare", lambda config: spawned.append("adopted") or take(config))
     code, first = cli_json(capsys, "ingest", str(root), "--source", "docs")
     assert code == 0 and first["indexed"] == 3, first
+    # the parse worker started before the run (loading Docling meanwhile) served the run's parse step
+    assert len(spawned) == 2 and spawned[1] == "adopted" and not worker._spare, spawned
     calls = openai_server.count()
     vision = [r for r in openai_server.chat_requests() if r["model"] == "fake-vlm"]
     assert calls > 0 and vision, "images went to the VLM, extraction to the LLM"

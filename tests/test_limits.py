@@ -153,6 +153,34 @@ def test_closing_the_supervisor_does_not_wait_for_the_worker_to_exit(mmrag_env, 
     assert not _alive(pid)
 
 
+def test_a_spare_worker_started_ahead_is_adopted_by_the_run_or_stopped(mmrag_env, tmp_path):
+    """`mmrag ingest` starts the parse worker before the run (it loads Docling while Dagster sets the
+    run up): the run's supervisor of the same config adopts that process; a supervisor of another
+    config stops it and starts its own; one nobody adopted is stopped by `discard_spare`."""
+    from mmrag.parsing import worker
+
+    md = tmp_path / "ok.md"
+    md.write_text("# Garganey\n\nGarganeys are small dabbling ducks.\n")
+    config = WorkerConfig.from_settings(Settings.from_env().with_(pdf_parser="pypdfium2"), tmp_path / "blobs")
+    worker.start_spare(config, ["markdown", "docx"])
+    spare = worker._spare["proc"].pid
+    with ParseSupervisor(config) as sup:
+        assert "Garganeys" in _parse(sup, md).blocks[-1].text
+        assert sup.pid == spare and not worker._spare  # adopted: no second worker was started
+
+    worker.start_spare(config, ["markdown"])
+    spare = worker._spare["proc"].pid
+    other = WorkerConfig.from_settings(Settings.from_env().with_(pdf_parser="pypdfium2"), tmp_path / "other")
+    with ParseSupervisor(other) as sup:
+        assert _parse(sup, md).blocks and sup.pid != spare
+    assert not _alive(spare)
+
+    worker.start_spare(config, [])
+    spare = worker._spare["proc"].pid
+    worker.discard_spare()
+    assert not worker._spare and not _alive(spare)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -156,6 +156,14 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
             return  # the parent is gone or done
         if request is None:
             return
+        if request[0] == "warm":  # a spare worker loads its parsers before its run needs it
+            for kind in request[1]:
+                try:
+                    _warm_up(kind, config.pdf_parser)
+                except Exception:
+                    pass
+            conn.send(("warmed",))
+            continue
         path, detected, ident = request
         try:
             _warm_up(detected.kind, config.pdf_parser)
@@ -249,6 +257,67 @@ def _kill_worker(proc, conn) -> None:
     conn.close()
 
 
+def _spawn(config: WorkerConfig) -> tuple:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=worker_main, args=(child_conn, config, os.getpid()),
+                       name="mmrag-parse-worker", daemon=True)
+    proc.start()
+    child_conn.close()
+    return proc, parent_conn
+
+
+# A worker started ahead of its run (`start_spare`), which the run's first parse adopts.
+_spare: dict = {}
+_spare_lock = threading.Lock()
+
+
+def start_spare(config: WorkerConfig, kinds: list[str]) -> None:
+    """Start a parse worker now and have it load the parsers of `kinds` (Docling's imports and
+    pipelines: some 6 s of CPU), so it overlaps what comes before the run's parse step (the CLI's
+    imports, Dagster's run set-up). The next ParseSupervisor of the same config in this process
+    adopts it; `discard_spare` stops one nobody adopted."""
+    with _spare_lock:
+        if _spare:
+            return
+        proc, conn = _spawn(config)
+        try:
+            conn.send(("warm", tuple(kinds)))
+        except OSError:
+            _kill_worker(proc, conn)
+            return
+        _spare.update(config=config, proc=proc, conn=conn)
+
+
+def _pop_spare() -> tuple | None:
+    """(proc, conn, config) of the spare worker, now no longer spare; None if there is none."""
+    with _spare_lock:
+        if not _spare:
+            return None
+        taken = _spare["proc"], _spare["conn"], _spare["config"]
+        _spare.clear()
+        return taken
+
+
+def _take_spare(config: WorkerConfig) -> tuple | None:
+    spare = _pop_spare()
+    if spare is None:
+        return None
+    proc, conn, spare_config = spare
+    if spare_config != config or not proc.is_alive():
+        _kill_worker(proc, conn)
+        return None
+    return proc, conn
+
+
+def discard_spare() -> None:
+    """Stop a spare worker no run adopted (its run had nothing to parse, or failed before)."""
+    if (spare := _pop_spare()) is not None:
+        _kill_worker(*spare[:2])
+
+
 class ParseSupervisor:
     """`parse(path, detected, **ident)` like ParserResource.parse, in a supervised worker.
     Use as a context manager (or call close()): one per run."""
@@ -268,15 +337,8 @@ class ParseSupervisor:
         self.close()
 
     def _start(self) -> None:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=worker_main, args=(child_conn, self.config, os.getpid()),
-                           name="mmrag-parse-worker", daemon=True)
-        proc.start()
-        child_conn.close()
-        self._proc, self._conn = proc, parent_conn
+        spare = _take_spare(self.config)
+        self._proc, self._conn = spare if spare else _spawn(self.config)
 
     def _kill(self) -> None:
         proc, conn = self._proc, self._conn
@@ -319,7 +381,7 @@ class ParseSupervisor:
             self._conn.send((str(path), detected, ident))
         except (BrokenPipeError, OSError):
             self._died()
-        while self._wait(started=False)[0] != "started":  # "ready" once, after the worker's imports
+        while self._wait(started=False)[0] != "started":  # "ready" after the imports, "warmed" (a spare)
             pass
         # The file's clock starts once the worker has its parser loaded.
         reply = self._wait(started=True)
