@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
+import functools
 import io
 import json
 import mimetypes
@@ -170,6 +172,7 @@ class LLMClient:
         self._async_sems: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
             weakref.WeakKeyDictionary()
         )
+        self._executor = None  # threads of the async API's blocking calls (`achat`)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LLMClient | None":
@@ -336,9 +339,21 @@ class LLMClient:
                 sem = self._async_sems[loop] = asyncio.Semaphore(self.concurrency)
             return sem
 
+    def _threads(self):
+        """The async API's own `concurrency` threads. Not the event loop's default pool (6 threads on
+        2 cores): there, LightRAG's embedding calls took threads too, and the requests in flight
+        fell below the budget."""
+        with self._lock:
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="mmrag-llm")
+            return self._executor
+
     async def achat(self, messages: Sequence[dict], model: str | None = None, **kw: Any) -> str:
         async with self._async_sem():  # keeps waiting tasks out of the thread pool
-            return await asyncio.to_thread(self.chat, messages, model, **kw)
+            call = functools.partial(contextvars.copy_context().run, self.chat, messages, model, **kw)
+            return await asyncio.get_running_loop().run_in_executor(self._threads(), call)
 
     async def acomplete(
         self,
@@ -357,6 +372,9 @@ class LLMClient:
         return await self.achat(messages, **kw)
 
     def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
         self._client.close()
 
     def __enter__(self) -> "LLMClient":
