@@ -123,6 +123,7 @@ class GraphStore:
         self.embed_dim, self.lightrag_kwargs = embed_dim, dict(lightrag_kwargs or {})
         self.unit_tokens = int(unit_tokens)  # extraction units (mmrag.extraction_units); 0 = one per chunk
         self._prefailed: dict[str, BaseException] = {}  # files whose extraction failed in a session's first pass
+        self._ahead: asyncio.Future | None = None  # the next session's extraction requests (`_extract_ahead`)
         self.rebind(embed_fn, llm, manifest)
         self._lock, self._embed_lock = threading.RLock(), threading.Lock()
         self._pending: dict[str, list[dict]] = {}
@@ -335,28 +336,62 @@ class GraphStore:
                     await update_chunk_cache_list(cid, rag.text_chunks, list(aliases), "entity_extraction")
         return [_attribute(nodes, edges, members) for nodes, edges in results]
 
-    async def _prefetch_extractions(self, batch) -> None:
+    async def _prefetch_extractions(self, batch, failed: dict[str, BaseException] | None = None) -> None:
         """A session's first pass: the extraction requests of all its files at once, sharing one
         in-flight budget (LightRAG's `llm_model_max_async`, and the LLM client's limit below it), into
         LightRAG's LLM cache; each file's insert then reads its extractions from the cache while the
-        files are merged one by one. A file whose requests failed here fails without asking again."""
-        from dataclasses import asdict
-
-        from lightrag.operate import extract_entities
+        files are merged one by one. A file whose requests failed here (or ahead: `failed`) fails
+        without asking again."""
         self._prefailed = {}
         if self.llm is None:
             return
-        rag, cfg = self._rag, asdict(self._rag)
+        failed = failed or {}
+        outcomes = await self._extract_all([b for b in batch if b[0] not in failed], self._rag.llm_response_cache)
+        self._prefailed = {**failed, **outcomes}
+
+    async def _extract_all(self, batch, cache) -> dict[str, BaseException]:
+        """The extraction requests of `batch`'s files, replies into `cache`; {file key: its error}."""
+        from dataclasses import asdict
+
+        from lightrag.operate import extract_entities
+        cfg = asdict(self._rag)
 
         async def one(fk: str, chunks: list[Chunk]) -> None:
             items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
             units, _ = self._units_of(self._lightrag_chunks(fk, items))
             if units:
-                await extract_entities(units, global_config=cfg, llm_response_cache=rag.llm_response_cache,
+                await extract_entities(units, global_config=cfg, llm_response_cache=cache,
                                        text_chunks_storage=_CacheKeySink())
 
         outcomes = await asyncio.gather(*(one(fk, chunks) for fk, _, chunks in batch), return_exceptions=True)
-        self._prefailed = {fk: e for (fk, _, _), e in zip(batch, outcomes) if isinstance(e, BaseException)}
+        return {fk: e for (fk, _, _), e in zip(batch, outcomes) if isinstance(e, BaseException)}
+
+    async def _extract_ahead(self, batch) -> tuple[dict[str, dict], dict[str, BaseException]]:
+        """The next session's extraction requests, asked while this session merges its files and
+        embeds their entities (CPU work during which the model server had nothing to do: 50 files in
+        2 sessions, some 2-3 s at 0.2 s a request). The replies are kept aside (`_AheadCache`), not in
+        LightRAG's cache: they belong to the next session, and are written into its cache when it
+        begins (`_take_ahead`); a roll-back or an error drops them."""
+        ahead = _AheadCache(self._rag.llm_response_cache)
+        return ahead.entries, await self._extract_all(batch, ahead)
+
+    async def _take_ahead(self) -> dict[str, BaseException]:
+        """Write the replies asked ahead for this session into LightRAG's cache (the session's own
+        writes from here on); returns the files whose requests failed ahead."""
+        task, self._ahead = self._ahead, None
+        if task is None:
+            return {}
+        entries, failed = await task
+        if entries:
+            await self._rag.llm_response_cache.upsert(entries)
+        return failed
+
+    async def _drop_ahead(self) -> None:
+        task, self._ahead = self._ahead, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     def _chunking(self, tokenizer, content, split_by, split_only, overlap, size):
         if content in self._pending:  # our chunks for the document being inserted
@@ -421,6 +456,7 @@ class GraphStore:
     def _rollback(self) -> None:
         """Back to the last commit: drop the in-memory stores, restore the files from the snapshot,
         rewrite or delete every vector the session touched, drop the snapshot (idempotent)."""
+        self.run(self._drop_ahead())  # what the next session asked ahead of it goes too
         self._refs = self._txn = None
         for held in getattr(self, "_vector_held", []):  # the session's writes not yet sent: dropped
             held.clear()
@@ -493,12 +529,13 @@ class GraphStore:
         results: dict[str, dict | Exception] = {}
         with self._lock, self._writer():
             self._known_vectors = {chunk_text(t): np.asarray(v, dtype=np.float32) for t, v in (known_vectors or {}).items()}
+            step = max(1, persist_every)
             try:
-                for start in range(0, len(batch), max(1, persist_every)):
-                    part = batch[start: start + max(1, persist_every)]
+                for start in range(0, len(batch), step):
+                    part, after = batch[start: start + step], batch[start + step: start + 2 * step]
                     self._begin()
                     try:
-                        done = self.run(self._aindex_many(part))
+                        done = self.run(self._aindex_many(part, after))
                         self._commit(on_commit(done) if on_commit else None)
                     except BaseException:
                         self._rollback()
@@ -506,6 +543,7 @@ class GraphStore:
                     results.update(done)
             finally:
                 self._known_vectors = {}
+                self.run(self._drop_ahead())
             nodes, edges = self.stats()
         for r in results.values():
             if isinstance(r, dict):
@@ -533,11 +571,15 @@ class GraphStore:
         marker.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(marker, ident)
 
-    async def _aindex_many(self, batch) -> dict:
+    async def _aindex_many(self, batch, after=()) -> dict:
+        """One session's files; `after`: the next session's, whose extractions are asked for while
+        this session merges and embeds (`_extract_ahead`)."""
         await self._cache_for_current_llm()
         results: dict[str, dict | Exception] = {}
         async with self._persist_deferred():
-            await self._prefetch_extractions(batch)
+            await self._prefetch_extractions(batch, await self._take_ahead())
+            if after and self.llm is not None:
+                self._ahead = asyncio.ensure_future(self._extract_ahead(after))
             for fk, doc, chunks in batch:
                 try:
                     results[fk] = await self._aindex_one(fk, doc, chunks)
@@ -826,6 +868,20 @@ class GraphStore:
                 await rag.chunks_vdb.upsert({cid: rec})
         refs.clear(fk)
         return {"entities": len(ents), "relations": len(pairs), "chunks": len(gone), "kept_shared": len(shared)}
+
+
+class _AheadCache:
+    """An LLM-cache stand-in for replies asked ahead of their session: reads fall through to
+    LightRAG's cache (a unit extracted before is not asked again), writes stay here."""
+
+    def __init__(self, cache):
+        self._cache, self.global_config, self.entries = cache, cache.global_config, {}
+
+    async def get_by_id(self, key: str) -> dict | None:
+        return self.entries.get(key) or await self._cache.get_by_id(key)
+
+    async def upsert(self, data: dict[str, dict]) -> None:
+        self.entries.update(data)
 
 
 class _CacheKeySink:

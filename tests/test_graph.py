@@ -477,3 +477,76 @@ def test_editing_one_paragraph_re_extracts_only_the_units_that_changed(tmp_path,
         assert "Acme Pump" in _nodes(s) and "Valve Bank" in _nodes(s)
     finally:
         s.close()
+
+
+class _RecordingLLM(ScriptedLLM):
+    """ScriptedLLM that notes, in one timeline with the sessions' commits, which document each
+    extraction request was for; documents named in `fail` get an error instead of a reply."""
+
+    def __init__(self, script, timeline: list[str], fail=()):
+        super().__init__(script)
+        self.timeline, self.fail = timeline, set(fail)
+
+    async def acomplete(self, prompt, system_prompt=None, history_messages=None, **kwargs) -> str:
+        import asyncio
+
+        if "<Input Text>" in prompt:
+            doc = next((w for w in ("Alpha", "Beta", "Gamma") if f"{w} only" in prompt), "?")
+            self.timeline.append(f"extract {doc}")
+            await asyncio.sleep(0.05)
+            if doc in self.fail:
+                raise ConnectionError(f"model server down for {doc}")
+        return await super().acomplete(prompt, system_prompt, history_messages, **kwargs)
+
+
+def _three_papers():
+    return [(fk, doc, chunk_document(doc)) for fk, doc in (
+        (fk, _paper(fk, f"{word} only paragraph about {topic}.")) for fk, word, topic in (
+            ("s:a.md", "Alpha", "turbines"), ("s:b.md", "Beta", "valves"), ("s:c.md", "Gamma", "boilers")))]
+
+
+def test_the_next_sessions_extractions_are_asked_while_this_session_merges(tmp_path, embed_fn):
+    """Sessions of one file each: the next session's extraction requests go out before this session
+    commits (the model server works while this session merges and embeds), each unit is asked once,
+    and a file whose requests failed ahead fails in its own session without being asked again."""
+    timeline: list[str] = []
+    llm = _RecordingLLM(SCRIPT, timeline, fail={"Gamma"})
+    s = _open(tmp_path, embed_fn, llm=llm)
+    try:
+        def commit(done):
+            timeline.append("commit " + ",".join(done))
+            return {}
+
+        results = s.index_files(_three_papers(), persist_every=1, on_commit=commit)
+        extract = [e for e in timeline if e.startswith("extract")]
+        assert extract == ["extract Alpha", "extract Beta", "extract Gamma"], timeline  # each once
+        assert timeline.index("extract Beta") < timeline.index("commit s:a.md"), timeline
+        assert timeline.index("extract Gamma") < timeline.index("commit s:b.md"), timeline
+        assert isinstance(results["s:c.md"], ConnectionError) and "Gamma" in str(results["s:c.md"])
+        assert {"Turbine Hall", "Valve Bank", "s:a.md", "s:b.md"} <= _nodes(s) and "s:c.md" not in _nodes(s)
+        assert s._ahead is None
+    finally:
+        s.close()
+
+
+def test_a_rolled_back_session_drops_what_was_asked_ahead_for_the_next(tmp_path, embed_fn):
+    """The next session's replies are kept aside until it begins: when this session rolls back they
+    go with it (LightRAG's cache holds nothing of them), and the next run asks again."""
+    timeline: list[str] = []
+    llm = _RecordingLLM(SCRIPT, timeline)
+    s = _open(tmp_path, embed_fn, llm=llm)
+    try:
+        def refuse(done):
+            raise OSError("disk full")
+
+        papers = _three_papers()[:2]
+        with pytest.raises(OSError, match="disk full"):
+            s.index_files(papers, persist_every=1, on_commit=refuse)
+        assert timeline == ["extract Alpha", "extract Beta"] and s._ahead is None
+        assert not any(b"Beta only" in data for data in _files(s).values())  # nor of Alpha's session
+        assert _nodes(s) == set()
+        results = s.index_files(papers, persist_every=1)
+        assert all(isinstance(r, dict) for r in results.values()), results
+        assert timeline.count("extract Beta") == 2 and {"Turbine Hall", "Valve Bank"} <= _nodes(s)
+    finally:
+        s.close()
