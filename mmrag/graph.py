@@ -13,6 +13,10 @@ lock beside the graph), each crash-safe (`mmrag.graph_txn`): a snapshot when it 
 of the vectors it touches, and a commit that persists LightRAG's stores and then, in one SQLite
 transaction, the manifest's references, the files' statuses and the session's id. A session that
 did not commit is rolled back by the next one, in whatever process: nothing it wrote survives.
+
+GraphStore's extraction (units, a session's requests at once and the next session's ahead, the model
+function) is in `mmrag.graph_extraction`; its vector writes (held back, journaled, reconciled after a
+roll-back) in `mmrag.graph_vectors`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import threading
@@ -32,16 +35,20 @@ import numpy as np
 
 from mmrag.blocks import ParsedDocument
 from mmrag.chunking import Chunk
-from mmrag.extraction_units import attribute_entity, attribute_relation, plan_units
 from mmrag.faults import crash_point
 from mmrag.graph_scope import REL_SEP, scoped_context
 from mmrag.graph_txn import Snapshot, patch_atomic_writes, write_text_atomic
 from mmrag.ids import bounded_name, xml_safe
-from mmrag.lightrag_runtime import (
+from mmrag.graph_extraction import ExtractionMixin
+from mmrag.graph_vectors import VectorJournalMixin
+from mmrag.lightrag_runtime import (  # noqa: F401  (chunk_id, chunk_text, lr_doc_id: mmrag.graph's API)
     _OPEN,
     _Loop,
     _milvus_env,
     _SharedTokenizer,
+    chunk_id,
+    chunk_text,
+    lr_doc_id,
     workspace_name,
 )
 from mmrag.state import Manifest
@@ -49,22 +56,11 @@ from mmrag.structural_kg import build_structural_kg, modal_names
 from mmrag.tokenize import TOKENIZER
 
 MODES = ("naive", "local", "global", "hybrid", "mix")
-MAX_DOC_ID_BYTES = 64  # ... and a chunk's document id in VARCHAR(64)
 WRITER_WAIT_S = 3600.0  # how long a write session waits for another process's session to end
-_EXTRACTION_MARK, _TUPLE_DELIM = "<|COMPLETE|>", "<|#|>"
-_NOT_IN_ALIAS = ("_id", "original_prompt")  # fields of a cache entry its per-chunk aliases leave out
 
 
 class GraphSessionError(RuntimeError):
     """A write session could not keep LightRAG consistent (it was rolled back)."""
-
-
-def lr_doc_id(file_key: str) -> str:
-    """LightRAG's document id of a file: the file key, or a hash of it when the key is longer than
-    the chunk collection's `full_doc_id` field holds."""
-    if len(file_key.encode("utf-8")) <= MAX_DOC_ID_BYTES:
-        return file_key
-    return "doc-" + hashlib.md5(file_key.encode("utf-8")).hexdigest()
 
 
 class _Refs:
@@ -99,19 +95,7 @@ class _Refs:
         return sorted(out | self._holding.get((kind, ref), set()))
 
 
-def chunk_text(text: str) -> str:
-    """The text LightRAG stores for a chunk (it sanitizes and strips)."""
-    from lightrag.utils import sanitize_text_for_encoding
-    return sanitize_text_for_encoding(text)
-
-
-def chunk_id(text: str) -> str:
-    """LightRAG's chunk id: md5 of the content, so identical chunks of two files share one id."""
-    from lightrag.utils import compute_mdhash_id
-    return compute_mdhash_id(chunk_text(text), prefix="chunk-")
-
-
-class GraphStore:
+class GraphStore(ExtractionMixin, VectorJournalMixin):
     def __init__(self, working_dir: Path, milvus_uri: str, milvus_token: str = "", milvus_db: str = "", *,
                  embed_fn: Callable[[list[str]], np.ndarray], embed_dim: int, llm: Any = None,
                  manifest: Manifest, namespace: str = "mmrag_graph", lightrag_kwargs: dict | None = None,
@@ -180,218 +164,6 @@ class GraphStore:
         await rag.initialize_storages()
         await initialize_pipeline_status(workspace=self.workspace)  # idempotent (1.4.16 does it above too)
         return rag
-
-    def _journal_vector_writes(self, rag) -> None:
-        """Every upsert/delete on LightRAG's vector stores notes the ids it touches in the session's
-        journal before Milvus sees it, so a roll-back knows which vectors to rewrite or drop.
-
-        Upserts are held back and written together (`_flush_vectors`): LightRAG upserts each merged
-        entity and relation on its own, one embedding call for one short text each, which cost more
-        than all other graph work together (22 s of a 69 s ingest of 50 files; batched: 13 s). Any other call on
-        the store (delete, read, query, persist) writes what is held first, so the order of writes
-        and what readers see are unchanged; a crash loses only writes the roll-back redoes anyway."""
-        from lightrag.utils import compute_mdhash_id
-
-        record = self.snapshot.record
-        self._vector_flushes, self._vector_held = [], []
-        for ns, vdb in (("entities", rag.entities_vdb), ("relationships", rag.relationships_vdb),
-                        ("chunks", rag.chunks_vdb)):
-            held: dict[str, dict] = {}
-
-            async def flush(_f=vdb.upsert, _held=held):
-                if _held:
-                    data = dict(_held)
-                    _held.clear()
-                    await _f(data)
-
-            async def j_upsert(data, _ns=ns, _held=held):
-                record({"ns": _ns, "ids": list(data or {})})
-                _held.update({k: dict(v) for k, v in (data or {}).items()})
-
-            async def j_delete(ids, _f=vdb.delete, _ns=ns, _flush=flush):
-                record({"ns": _ns, "ids": list(ids or [])})
-                await _flush()
-                return await _f(ids)
-
-            def flushing(f, _flush=flush):
-                async def call(*a, **kw):
-                    await _flush()
-                    return await f(*a, **kw)
-                return call
-
-            for name in ("query", "get_by_id", "get_by_ids", "get_vectors_by_ids", "index_done_callback",
-                         "delete_entity", "delete_entity_relation", "finalize", "drop"):
-                setattr(vdb, name, flushing(getattr(vdb, name)))
-            vdb.upsert, vdb.delete = j_upsert, j_delete
-            self._vector_flushes.append(flush)
-            self._vector_held.append(held)
-        ent_delete, rel_delete = rag.entities_vdb.delete_entity, rag.relationships_vdb.delete_entity_relation
-
-        async def j_delete_entity(name, _f=ent_delete):
-            record({"ns": "entities", "ids": [compute_mdhash_id(name, prefix="ent-")]})
-            return await _f(name)
-
-        async def j_delete_entity_relation(name, _f=rel_delete):
-            record({"ns": "entity_relations", "ids": [name]})
-            return await _f(name)
-
-        rag.entities_vdb.delete_entity = j_delete_entity
-        rag.relationships_vdb.delete_entity_relation = j_delete_entity_relation
-
-    async def _flush_vectors(self) -> None:
-        """Write the vector upserts held back (`_journal_vector_writes`), in one batch per store."""
-        for flush in getattr(self, "_vector_flushes", []):
-            await flush()
-
-    async def _aembed(self, texts: list[str]) -> np.ndarray:
-        def call():
-            # Chunk texts were embedded by the embeddings stage already: reuse those vectors.
-            known = self._known_vectors
-            missing = [t for t in dict.fromkeys(texts) if t not in known]
-            fresh = {}
-            if missing:
-                with self._embed_lock:  # one model, several concurrent LightRAG batches
-                    fresh = dict(zip(missing, np.asarray(self._embed_fn(missing), dtype=np.float32)))
-            return np.stack([known[t] if t in known else fresh[t] for t in texts]).astype(np.float32)
-
-        return await asyncio.to_thread(call)
-
-    async def _allm(self, prompt: str, system_prompt: str | None = None, history_messages=None, **kw: Any) -> str:
-        """LightRAG's model function. A reply that cannot be right is refused here (so LightRAG
-        neither caches nor merges it): a reply with characters no model writes (C0 controls: they also
-        make GraphML unwritable), or an extraction reply with none of LightRAG's delimiters, fails the
-        file (transient: the next sync asks again)."""
-        kw.pop("hashing_kv", None)
-        if self.llm is None:
-            raise RuntimeError("LightRAG asked for an LLM, but this graph store has none (structural mode)")
-        from mmrag.llm import LLMError, unreadable
-
-        reply = await self.llm.acomplete(prompt, system_prompt=system_prompt, history_messages=history_messages or [], **kw)
-        if unreadable(reply or ""):
-            raise LLMError(f"the model's reply is unreadable (control characters): {(reply or '')[:60]!r}", retryable=True)
-        asked = (system_prompt or "") + prompt
-        if _EXTRACTION_MARK in asked:
-            if _EXTRACTION_MARK not in reply and _TUPLE_DELIM not in reply:
-                raise LLMError(f"the model's extraction reply is not in LightRAG's format: {reply[:80]!r}", retryable=True)
-            return _bound_extraction(reply)
-        return reply
-
-    # -- extraction units -----------------------------------------------------------------------------
-    def _units_of(self, chunks: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
-        """One document's chunks as LightRAG holds them (id -> record, in document order) grouped into
-        extraction units (`mmrag.extraction_units`): ({unit id: the record LightRAG's extraction
-        reads}, {unit id: {member chunk id: its text}})."""
-        from lightrag.utils import compute_mdhash_id
-        ids = list(chunks)
-        texts = [chunks[c]["content"] for c in ids]
-        tokens = [int(chunks[c].get("tokens") or TOKENIZER.count(t)) for c, t in zip(ids, texts)]
-        units: dict[str, dict] = {}
-        members: dict[str, dict[str, str]] = {}
-        for u in plan_units(texts, tokens, self.unit_tokens):
-            first = chunks[ids[u.members[0]]]
-            uid = compute_mdhash_id(u.content, prefix="unit-")
-            units[uid] = {"content": u.content, "tokens": u.tokens, "chunk_order_index": first.get("chunk_order_index", 0),
-                          "full_doc_id": first.get("full_doc_id", ""), "file_path": first.get("file_path", "")}
-            members.setdefault(uid, {}).update({ids[i]: texts[i] for i in u.members})
-        return units, members
-
-    def _lightrag_chunks(self, fk: str, items: list) -> dict[str, dict]:
-        """The chunk records LightRAG builds when `_aindex_llm` inserts this file (same ids, same order)."""
-        from lightrag.utils import compute_mdhash_id
-        out: dict[str, dict] = {}
-        for i, (_, t) in enumerate(items):
-            out.setdefault(compute_mdhash_id(t, prefix="chunk-"), {"content": t, "tokens": TOKENIZER.count(t),
-                                                                 "chunk_order_index": i, "full_doc_id": lr_doc_id(fk),
-                                                                 "file_path": fk})
-        return out
-
-    async def _extract_units(self, chunks: dict[str, dict], pipeline_status=None, pipeline_status_lock=None) -> list:
-        """LightRAG's per-document extraction step, over extraction units instead of its chunks: each
-        entity and relation a unit yields is attributed to the member chunks that name it, and each
-        member chunk lists the unit's LLM-cache entries (LightRAG rebuilds shared entities from them
-        when another document is deleted)."""
-        from dataclasses import asdict
-
-        from lightrag.operate import extract_entities
-        from lightrag.utils import update_chunk_cache_list
-        rag = self._rag
-        units, members = self._units_of(chunks)
-        if not units:
-            return []
-        sink = _CacheKeySink()
-        results = await extract_entities(units, global_config=asdict(rag), pipeline_status=pipeline_status,
-                                         pipeline_status_lock=pipeline_status_lock,
-                                         llm_response_cache=rag.llm_response_cache, text_chunks_storage=sink)
-        # LightRAG rebuilds an entity that survives a deletion from the cached extractions whose
-        # `chunk_id` is one of its chunks: each member chunk gets an alias of its unit's entries.
-        # An alias holds the reply, not the prompt (LightRAG never reads `original_prompt` back; with
-        # it, the aliases were 93 % of a 27 MB cache for 50 files).
-        for uid, keys in sink.keys.items():
-            entries = dict(zip(keys, await rag.llm_response_cache.get_by_ids(keys)))
-            for cid in members.get(uid, {}):
-                aliases = {f"{k}:{cid}": {**{f: v for f, v in e.items() if f not in _NOT_IN_ALIAS}, "chunk_id": cid}
-                           for k, e in entries.items() if e}
-                if aliases:
-                    await rag.llm_response_cache.upsert(aliases)
-                    await update_chunk_cache_list(cid, rag.text_chunks, list(aliases), "entity_extraction")
-        return [_attribute(nodes, edges, members) for nodes, edges in results]
-
-    async def _prefetch_extractions(self, batch, failed: dict[str, BaseException] | None = None) -> None:
-        """A session's first pass: the extraction requests of all its files at once, sharing one
-        in-flight budget (LightRAG's `llm_model_max_async`, and the LLM client's limit below it), into
-        LightRAG's LLM cache; each file's insert then reads its extractions from the cache while the
-        files are merged one by one. A file whose requests failed here (or ahead: `failed`) fails
-        without asking again."""
-        self._prefailed = {}
-        if self.llm is None:
-            return
-        failed = failed or {}
-        outcomes = await self._extract_all([b for b in batch if b[0] not in failed], self._rag.llm_response_cache)
-        self._prefailed = {**failed, **outcomes}
-
-    async def _extract_all(self, batch, cache) -> dict[str, BaseException]:
-        """The extraction requests of `batch`'s files, replies into `cache`; {file key: its error}."""
-        from dataclasses import asdict
-
-        from lightrag.operate import extract_entities
-        cfg = asdict(self._rag)
-
-        async def one(fk: str, chunks: list[Chunk]) -> None:
-            items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
-            units, _ = self._units_of(self._lightrag_chunks(fk, items))
-            if units:
-                await extract_entities(units, global_config=cfg, llm_response_cache=cache,
-                                       text_chunks_storage=_CacheKeySink())
-
-        outcomes = await asyncio.gather(*(one(fk, chunks) for fk, _, chunks in batch), return_exceptions=True)
-        return {fk: e for (fk, _, _), e in zip(batch, outcomes) if isinstance(e, BaseException)}
-
-    async def _extract_ahead(self, batch) -> tuple[dict[str, dict], dict[str, BaseException]]:
-        """The next session's extraction requests, asked while this session merges its files and
-        embeds their entities (CPU work during which the model server had nothing to do: 50 files in
-        2 sessions, some 2-3 s at 0.2 s a request). The replies are kept aside (`_AheadCache`), not in
-        LightRAG's cache: they belong to the next session, and are written into its cache when it
-        begins (`_take_ahead`); a roll-back or an error drops them."""
-        ahead = _AheadCache(self._rag.llm_response_cache)
-        return ahead.entries, await self._extract_all(batch, ahead)
-
-    async def _take_ahead(self) -> dict[str, BaseException]:
-        """Write the replies asked ahead for this session into LightRAG's cache (the session's own
-        writes from here on); returns the files whose requests failed ahead."""
-        task, self._ahead = self._ahead, None
-        if task is None:
-            return {}
-        entries, failed = await task
-        if entries:
-            await self._rag.llm_response_cache.upsert(entries)
-        return failed
-
-    async def _drop_ahead(self) -> None:
-        task, self._ahead = self._ahead, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
 
     def _chunking(self, tokenizer, content, split_by, split_only, overlap, size):
         if content in self._pending:  # our chunks for the document being inserted
@@ -466,39 +238,6 @@ class GraphStore:
         self.rag  # noqa: B018  (reopen on the restored files)
         self.run(self._areconcile(journal))
         self.snapshot.end()
-
-    async def _areconcile(self, journal: dict[str, set[str]]) -> None:
-        from lightrag.utils import compute_mdhash_id, make_relation_vdb_ids
-        rag = self._rag
-        nxg = await rag.chunk_entity_relation_graph._get_graph()
-        if journal["entities"]:
-            by_id = {compute_mdhash_id(n, prefix="ent-"): n for n in nxg.nodes}
-            keep = {i: by_id[i] for i in journal["entities"] if i in by_id}
-            if gone := sorted(journal["entities"] - set(keep)):
-                await rag.entities_vdb.delete(gone)
-            await rag.entities_vdb.upsert({i: _entity_payload(n, nxg.nodes[n]) for i, n in keep.items()})
-        edges: dict[str, tuple[str, str]] = {}
-        if journal["relationships"] or journal["entity_relations"]:
-            for a, b in nxg.edges:
-                ids = make_relation_vdb_ids(a, b)
-                edges[ids[0]] = tuple(sorted((a, b)))
-        rel_ids = set(journal["relationships"])
-        for name in journal["entity_relations"]:
-            if name in nxg:
-                rel_ids |= {make_relation_vdb_ids(name, other)[0] for other in nxg.neighbors(name)}
-        if rel_ids:
-            keep_rel = {i: edges[i] for i in rel_ids if i in edges}
-            if gone := sorted(rel_ids - set(keep_rel)):
-                await rag.relationships_vdb.delete(gone)
-            await rag.relationships_vdb.upsert({i: _relation_payload(a, b, nxg.edges[a, b])
-                                                for i, (a, b) in keep_rel.items()})
-        if journal["chunks"]:
-            ids = sorted(journal["chunks"])
-            recs = dict(zip(ids, await rag.text_chunks.get_by_ids(ids)))
-            if gone := [i for i in ids if not recs[i]]:
-                await rag.chunks_vdb.delete(gone)
-            await rag.chunks_vdb.upsert({i: r for i, r in recs.items() if r})
-        await self._flush_vectors()
 
     def _close_rag(self) -> None:
         if self._rag is not None:
@@ -870,77 +609,3 @@ class GraphStore:
         return {"entities": len(ents), "relations": len(pairs), "chunks": len(gone), "kept_shared": len(shared)}
 
 
-class _AheadCache:
-    """An LLM-cache stand-in for replies asked ahead of their session: reads fall through to
-    LightRAG's cache (a unit extracted before is not asked again), writes stay here."""
-
-    def __init__(self, cache):
-        self._cache, self.global_config, self.entries = cache, cache.global_config, {}
-
-    async def get_by_id(self, key: str) -> dict | None:
-        return self.entries.get(key) or await self._cache.get_by_id(key)
-
-    async def upsert(self, data: dict[str, dict]) -> None:
-        self.entries.update(data)
-
-
-class _CacheKeySink:
-    """Stands in for LightRAG's chunk store during unit extraction: collects the LLM-cache keys
-    LightRAG would note on a chunk (here: a unit), so they can be noted on the unit's member chunks."""
-
-    def __init__(self):
-        self.keys: dict[str, list[str]] = {}
-
-    async def get_by_id(self, uid: str) -> dict:
-        return {"llm_cache_list": list(self.keys.get(uid, []))}
-
-    async def upsert(self, data: dict[str, dict]) -> None:
-        for uid, rec in data.items():
-            self.keys[uid] = list(rec.get("llm_cache_list") or [])
-
-
-def _attribute(nodes: dict[str, list[dict]], edges: dict[tuple, list[dict]], members: dict[str, dict[str, str]]):
-    """A unit's extraction result with each entity and relation attributed to the member chunks it came
-    from (`mmrag.extraction_units`): one record per chunk, as if each chunk had been extracted alone.
-    LightRAG merges records by description (identical ones count once) and sums relation weights, so a
-    relation's weight is split among its copies."""
-    out_nodes = {name: [{**dp, "source_id": cid} for dp in dps
-                        for cid in attribute_entity(name, members.get(dp["source_id"], {dp["source_id"]: ""}))]
-                 for name, dps in nodes.items()}
-    out_edges: dict[tuple, list[dict]] = {}
-    for key, dps in edges.items():
-        recs = []
-        for dp in dps:
-            cids = attribute_relation(dp["src_id"], dp["tgt_id"], members.get(dp["source_id"], {dp["source_id"]: ""}))
-            recs += [{**dp, "source_id": cid, "weight": float(dp.get("weight", 1.0)) / len(cids)} for cid in cids]
-        out_edges[key] = recs
-    return out_nodes, out_edges
-
-
-def _bound_extraction(reply: str) -> str:
-    """Entity names in an extraction reply cut to what LightRAG's Milvus collections hold (LightRAG
-    cuts them to 256 characters, which can be 1,024 bytes): one overlong name never fails a file."""
-    out = []
-    for line in reply.split("\n"):
-        fields = line.split(_TUPLE_DELIM)
-        kind = fields[0].strip().strip('("').lower()
-        if kind == "entity" and len(fields) > 1:
-            fields[1] = bounded_name(fields[1])
-        elif kind in ("relation", "relationship") and len(fields) > 2:
-            fields[1], fields[2] = bounded_name(fields[1]), bounded_name(fields[2])
-        out.append(_TUPLE_DELIM.join(fields))
-    return "\n".join(out)
-
-
-def _entity_payload(name: str, data: dict) -> dict:
-    """An entity's record in LightRAG's vector store, as LightRAG writes it (content = name + description)."""
-    desc = data.get("description", "")
-    return {"content": f"{name}\n{desc}", "entity_name": name, "source_id": data.get("source_id", ""),
-            "description": desc, "entity_type": data.get("entity_type", ""), "file_path": data.get("file_path", "")}
-
-
-def _relation_payload(a: str, b: str, data: dict) -> dict:
-    src, tgt = sorted((a, b))
-    kw, desc = data.get("keywords", ""), data.get("description", "")
-    return {"src_id": src, "tgt_id": tgt, "source_id": data.get("source_id", ""), "content": f"{kw}\t{src}\n{tgt}\n{desc}",
-            "keywords": kw, "description": desc, "weight": data.get("weight", 1.0), "file_path": data.get("file_path", "")}

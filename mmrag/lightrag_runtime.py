@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -50,6 +51,29 @@ class _SharedTokenizer:
 
     def __deepcopy__(self, memo: dict) -> "_SharedTokenizer":
         return self
+
+
+MAX_DOC_ID_BYTES = 64  # ... and a chunk's document id in VARCHAR(64)
+
+
+def lr_doc_id(file_key: str) -> str:
+    """LightRAG's document id of a file: the file key, or a hash of it when the key is longer than
+    the chunk collection's `full_doc_id` field holds."""
+    if len(file_key.encode("utf-8")) <= MAX_DOC_ID_BYTES:
+        return file_key
+    return "doc-" + hashlib.md5(file_key.encode("utf-8")).hexdigest()
+
+
+def chunk_text(text: str) -> str:
+    """The text LightRAG stores for a chunk (it sanitizes and strips)."""
+    from lightrag.utils import sanitize_text_for_encoding
+    return sanitize_text_for_encoding(text)
+
+
+def chunk_id(text: str) -> str:
+    """LightRAG's chunk id: md5 of the content, so identical chunks of two files share one id."""
+    from lightrag.utils import compute_mdhash_id
+    return compute_mdhash_id(chunk_text(text), prefix="chunk-")
 
 
 class _Loop:
