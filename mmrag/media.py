@@ -100,19 +100,35 @@ class Transcriber:
             else:
                 if shutil.which("ffmpeg") is None:
                     raise MediaError("ffmpeg is not installed (Debian package: ffmpeg); openai-whisper needs it", transient=True)
-                res = self._get().transcribe(str(path), fp16=False, condition_on_previous_text=False,
+                import whisper
+
+                audio = whisper.load_audio(str(path))  # 16 kHz mono, decoded once here for its length
+                res = self._get().transcribe(audio, fp16=False, condition_on_previous_text=False,
                                              language=self.language)
                 segments = [Segment(float(s["start"]), float(s["end"]), s["text"].strip()) for s in res["segments"]]
-                duration = segments[-1].end if segments else 0.0
-                out = Transcript(segments, res.get("language"), duration, f"openai-whisper {self.model}")
+                out = Transcript(segments, res.get("language"), len(audio) / whisper.audio.SAMPLE_RATE,
+                                 f"openai-whisper {self.model}")
         except MediaError:
             raise
         except Exception as e:  # PyAV/ffmpeg decode errors (truncated, not media at all), model errors
             raise MediaError(f"transcription failed: {type(e).__name__}: {str(e)[:300]}") from e
         finally:
             self.seconds += time.perf_counter() - t0
-        out.segments = [s for s in out.segments if s.text]
+        out.segments = clamp_segments([s for s in out.segments if s.text], out.duration)
         return out
+
+
+def clamp_segments(segments: list[Segment], duration: float) -> list[Segment]:
+    """Segment times cut to the audio's length. Whisper predicts its timestamps, and a segment at the
+    end can be given an end past the audio (a 9.99 s clip got a segment ending at 10.72 s, in some
+    runs only: decoding falls back to sampling when a greedy pass looks wrong)."""
+    if duration <= 0:
+        return segments
+    out = []
+    for s in segments:
+        end = min(max(s.end, 0.0), duration)
+        out.append(Segment(min(max(s.start, 0.0), end), end, s.text))
+    return out
 
 
 def _need_ffmpeg() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import BAD, SAMPLE, copy_corpus
 from helpers import TEXT, cli_json, rows_by_file
-from mmrag.media import Transcriber
+from mmrag.media import Segment, Transcriber, clamp_segments
 
 PHRASE = "ask not what your country can do for you"
 
@@ -124,6 +124,15 @@ def test_video_frames_at_the_configured_rate_with_transcript_and_times(mmrag_env
                                 limit=100)
     assert text and all(0 <= r["t_start"] <= r["t_end"] <= 10.5 for r in text)
     assert Settings.from_env().video_fps == 0.5
+
+
+def test_segment_times_are_cut_to_the_audio_length():
+    """Whisper can time the last segment past the end of the audio (seen: 10.72 s in a 9.99 s clip,
+    in some runs): the transcript's times stay within the audio."""
+    segs = [Segment(0.72, 4.0, "a"), Segment(4.0, 10.72, "b"), Segment(10.5, 11.0, "c"), Segment(-0.1, 0.5, "d")]
+    assert clamp_segments(segs, 9.993) == [Segment(0.72, 4.0, "a"), Segment(4.0, 9.993, "b"),
+                                           Segment(9.993, 9.993, "c"), Segment(0.0, 0.5, "d")]
+    assert clamp_segments(segs, 0.0) == segs  # length unknown: as the model gave them
 
 
 def test_bad_media_outcomes(mmrag_env, tmp_path, capsys):
