@@ -47,7 +47,7 @@ def detect(path: Path, head: bytes | None = None) -> Detected:
         with open(path, "rb") as f:
             head = f.read(8192)
     ext = path.suffix.lower()
-    by_ext = _BY_EXT.get(ext, "unknown")
+    by_ext = kind_by_name(path.name)
     if not head:
         return Detected(by_ext, "application/x-empty", "empty file")
     guess = filetype.guess(head)
