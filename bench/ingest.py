@@ -35,7 +35,7 @@ TEXT_LIKE = {".md", ".markdown", ".txt", ".rst", ".csv", ".html", ".htm", ".xhtm
 MODEL_STEPS = ("parsed_blocks", "modal_descriptions", "embeddings")
 INDEX_STEPS = ("milvus_partitions", "lightrag_graph")
 RAW_STEPS = ("raw_files",)
-# Log lines of mmrag.embedders for a model load (logged at INFO).
+# Log lines of mmrag.models.embedders for a model load (logged at INFO).
 LOAD_MARKERS = {"text embedder": "loading text embedder", "CLIP": "loading CLIP"}
 TARGET_FILES = 200
 
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                    "(the pipeline skips them)")
     p.add_argument("--observe-loads", action="store_true",
                    help="start the CLI's entry point (mmrag.cli.main) through `python -c` with the "
-                        "mmrag.embedders logger at INFO, so model-load log lines can be counted; "
+                        "mmrag.models.embedders logger at INFO, so model-load log lines can be counted; "
                         "default runs .venv/bin/mmrag as is, which logs at WARNING only")
     p.add_argument("--bad", action="store_true", help="add the bad and pathological inputs of tests/corpus_gen.py "
                    "(once), and ingest them alone as well to measure their cost")
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
             else REPO / ".venv" / "bin"
         ingest_args = ["ingest", str(root), "--source", "bench", "--json"]
         if args.observe_loads:
-            code = ("import logging, sys; logging.getLogger('mmrag.embedders').setLevel(logging.INFO); "
+            code = ("import logging, sys; logging.getLogger('mmrag.models.embedders').setLevel(logging.INFO); "
                     "from mmrag.cli import main; sys.exit(main(sys.argv[1:]))")
             cmd = [str(venv_bin / "python"), "-c", code, *ingest_args]
         else:

@@ -31,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmrag.blobs import BlobStore  # noqa: E402
-from mmrag.filetypes import detect  # noqa: E402
-from mmrag.media import Transcriber, _faster_whisper_path  # noqa: E402
 from mmrag.parsing import parse_file  # noqa: E402
+from mmrag.parsing.media import Transcriber, _faster_whisper_path  # noqa: E402
+from mmrag.sources.blobs import BlobStore  # noqa: E402
+from mmrag.sources.filetypes import detect  # noqa: E402
 
 
 def make_clip(src: Path, repeat: int, out: Path) -> float:
@@ -65,7 +65,7 @@ def bench_video(args, tmp: Path) -> dict:
     import torch
     from PIL import Image
 
-    from mmrag.embedders import ImageEmbedder
+    from mmrag.models.embedders import ImageEmbedder
     from mmrag.parsing.video_parser import FrameOptions
 
     video = tmp / "slides.mp4"

@@ -6,7 +6,7 @@ Rows: the text of the MMLongBench slice's PDFs (pypdfium2) cut into ~120-word wi
 once with the real MiniLM; to reach 10k / 100k rows each window is repeated under other file keys
 with its vector jittered (unit-normalised) and a row tag in its text, so the dense and BM25 indexes
 hold that many distinct rows. Writes go through `MilvusStore.replace_file` (the pipeline's path).
-Queries: the slice's 81 real questions, through `mmrag.query.retrieve` (the CLI's function), with
+Queries: the slice's 81 real questions, through `mmrag.retrieval.query.retrieve` (the CLI's function), with
 images and graph off. The first query of each process is reported apart (load + warm-up).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/query.py [--sizes 10000,100000] [--json]
@@ -50,12 +50,12 @@ def questions() -> list[str]:
 
 
 def measure(settings, prefix: str) -> dict:
-    from mmrag.embedders import TextEmbedder
-    from mmrag.query import open_store, retrieve
+    from mmrag.models import factory
+    from mmrag.retrieval.query import retrieve
 
     s = settings.with_(collection_prefix=prefix)
-    te = TextEmbedder(s.text_embed_model)
-    store = open_store(s)
+    te = factory.text_embedder(s, cached=False)
+    store = factory.milvus_store(s)
     qs = questions()
     t0 = time.perf_counter()
     retrieve(s, qs[0], top_k=10, with_images=False, text_embedder=te, store=store)
@@ -73,11 +73,11 @@ def measure(settings, prefix: str) -> dict:
 def write(settings, sizes: list[int]) -> dict:
     import numpy as np
 
-    from mmrag.embedders import TextEmbedder
-    from mmrag.milvus_store import TEXT, MilvusStore, Row
+    from mmrag.index.milvus_store import TEXT, MilvusStore, Row
+    from mmrag.models import factory
 
     texts = base_windows()
-    te = TextEmbedder(settings.text_embed_model)
+    te = factory.text_embedder(settings, cached=False)
     t0 = time.perf_counter()
     vecs = te.embed(texts)
     embed_s = time.perf_counter() - t0

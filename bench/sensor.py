@@ -46,7 +46,7 @@ def _write_files(root: Path, n: int) -> list[tuple[str, str, int, float]]:
 
 
 def _fill_manifest(state: Path, root: Path, files, fingerprint: str) -> None:
-    from mmrag.state import FILE_COLUMNS, Manifest
+    from mmrag.manifest import FILE_COLUMNS, Manifest
 
     Manifest(state)  # schema
     now = time.time()
@@ -81,9 +81,9 @@ def one_size(n: int) -> dict:
         build_sensor_context,
     )
 
-    from mmrag import sync
     from mmrag.config import Settings
     from mmrag.definitions import defs
+    from mmrag.sources import sync
     from mmrag_resources.data_dir import DataDirResource
     from mmrag_resources.milvus import MilvusResource
     from schedules.sensors import watch_folders

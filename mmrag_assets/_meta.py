@@ -3,7 +3,7 @@
 
 from dagster import MetadataValue
 
-from mmrag.stages import FileOutcome
+from mmrag.index.stages import FileOutcome
 
 
 def outcome_counts(values: dict) -> dict:

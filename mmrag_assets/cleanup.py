@@ -32,7 +32,7 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
     store = milvus.store()
     client = llm.client()
     text = text_embedder.embedder(client)
-    graph = lightrag.store(text.embed, text.dim, client, manifest)
+    graph = lightrag.store(text, client, manifest)
     stage_store = StageStore(home=data_dir.home)
     rows, skipped, gone = 0, [], []
     roots = manifest.sources()

@@ -3,7 +3,7 @@
 
 from dagster import AssetExecutionContext, asset
 
-from mmrag.stages import embed_stage
+from mmrag.index.stages import embed_stage
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource

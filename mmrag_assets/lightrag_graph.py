@@ -11,14 +11,13 @@ commit as its graph contributions (`GraphStore.index_files(on_commit=...)`): unt
 
 import time
 
-
 from dagster import AssetExecutionContext, asset
 
-from mmrag.stages import FileOutcome
-from mmrag.state import TRANSIENT
-from mmrag_resources._settings import resolved
+from mmrag.index.stages import FileOutcome
+from mmrag.manifest import TRANSIENT
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
+from mmrag_resources._settings import resolved
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import TextEmbedderResource
 from mmrag_resources.lightrag import LightRAGResource
@@ -34,7 +33,7 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     client = llm.client()
     text = text_embedder.embedder(client)
     manifest = data_dir.manifest()
-    graph = lightrag.store(text.embed, text.dim, client, manifest)
+    graph = lightrag.store(text, client, manifest)
     out, rows, batch, known = {}, [], [], {}
     for key in context.partition_keys:
         emb = embeddings[key]

@@ -14,9 +14,9 @@ import time
 from dagster import AssetExecutionContext, asset
 
 from mmrag.faults import crash_point
-from mmrag.milvus_store import IMAGE, TEXT
-from mmrag.stages import DEGRADED, FileOutcome, milvus_rows
-from mmrag.state import CONTENT, TRANSIENT, FileRecord
+from mmrag.index.milvus_store import IMAGE, TEXT
+from mmrag.index.stages import DEGRADED, FileOutcome, milvus_rows
+from mmrag.manifest import CONTENT, TRANSIENT, FileRecord
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import pipeline_settings

@@ -8,9 +8,9 @@ text) and marked `description_source="extractive"`.
 
 from dagster import AssetExecutionContext, asset
 
-from mmrag.describe import describe_documents
 from mmrag.faults import crash_point
-from mmrag.stages import DEGRADED
+from mmrag.index.describe import describe_documents
+from mmrag.index.stages import DEGRADED
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource

@@ -6,7 +6,7 @@ import threading
 from dagster import AssetExecutionContext, asset
 
 from mmrag.faults import crash_point
-from mmrag.stages import FileOutcome, parse_stage
+from mmrag.index.stages import FileOutcome, parse_stage
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource

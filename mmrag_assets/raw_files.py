@@ -4,7 +4,7 @@
 from dagster import AssetExecutionContext, asset
 
 from mmrag.ids import split_file_key
-from mmrag.stages import FileOutcome, RawFile, snapshot_file
+from mmrag.index.stages import FileOutcome, RawFile, snapshot_file
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 
-from mmrag.evaluation import KS, load_samples, plot_recall, recall_table, evaluate
+from mmrag.retrieval.evaluation import KS, evaluate, load_samples, plot_recall, recall_table
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import TextEmbedderResource
 from mmrag_resources.llm import LLMResource

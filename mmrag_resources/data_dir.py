@@ -7,8 +7,8 @@ from typing import Optional
 
 from dagster import ConfigurableResource, InitResourceContext
 
-from mmrag.blobs import BlobStore
-from mmrag.state import Manifest
+from mmrag.manifest import Manifest
+from mmrag.sources.blobs import BlobStore
 from mmrag_resources._settings import resolved
 
 
@@ -19,11 +19,11 @@ class DataDirResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Record which process executes the run (host, pid, start time), so a later ingest can tell
-        that the run died and free what it held (`mmrag.runs`); `kill -USR1 <pid>` then writes the
+        that the run died and free what it held (`mmrag.orchestration.runs`); `kill -USR1 <pid>` then writes the
         process's stacks to `<home>/logs/stacks-<pid>.txt`. The process skips its exit-time garbage
-        collection (`mmrag.runs.skip_exit_collection`)."""
+        collection (`mmrag.orchestration.runs.skip_exit_collection`)."""
         if context.instance is not None and context.run_id:
-            from mmrag.runs import enable_stack_dumps, skip_exit_collection, tag_current_run
+            from mmrag.orchestration.runs import enable_stack_dumps, skip_exit_collection, tag_current_run
 
             tag_current_run(context.instance, context.run_id)
             enable_stack_dumps(self.settings().home / "logs")

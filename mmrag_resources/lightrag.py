@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from dagster import ConfigurableResource
 
+from mmrag.models import factory
 from mmrag_resources._settings import resolved
 
 if TYPE_CHECKING:
-    from mmrag.graph import GraphStore
-
-_stores: dict[tuple, Any] = {}  # one GraphStore per process and configuration
-_guard = threading.Lock()
+    from mmrag.graph.store import GraphStore
 
 
 class LightRAGResource(ConfigurableResource):
@@ -26,43 +22,12 @@ class LightRAGResource(ConfigurableResource):
     working_dir: Optional[str] = None
     namespace: Optional[str] = None
 
-    def config_key(self) -> tuple:
-        s = resolved()
-        working_dir = Path(self.working_dir) if self.working_dir else s.graph_dir
-        return (str(working_dir.expanduser().resolve()), self.namespace or f"{s.collection_prefix}_graph",
-                s.resolved_milvus_uri, s.milvus_token, s.milvus_db, s.graph_gleaning, s.graph_unit_tokens,
-                s.llm_concurrency)
-
-    def store(self, embed_fn: Callable, embed_dim: int, llm: Any, manifest) -> GraphStore:
-        """The process's GraphStore for this configuration, built once (LightRAG and its Milvus
-        collections are opened on first use); later calls rebind the embedder, LLM and manifest."""
-        from mmrag.graph import GraphStore
-        from mmrag.lightrag_runtime import workspace_name
-
-        key = (*self.config_key(), embed_dim)
-        working_dir, namespace, uri, token, db, gleaning, unit_tokens, concurrency, _ = key
-        with _guard:
-            store = _stores.get(key)
-            if store is None:
-                for old_key, old in list(_stores.items()):  # LightRAG allows one live store per workspace
-                    if old.workspace == workspace_name(namespace):
-                        old.close()
-                        del _stores[old_key]
-                if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
-                    Path(uri).parent.mkdir(parents=True, exist_ok=True)
-                store = _stores[key] = GraphStore(Path(working_dir), uri, token, db, embed_fn=embed_fn,
-                                                  embed_dim=embed_dim, llm=llm, manifest=manifest, namespace=namespace,
-                                                  unit_tokens=unit_tokens,
-                                                  lightrag_kwargs={"entity_extract_max_gleaning": gleaning,
-                                                                   "llm_model_max_async": max(1, concurrency)})
-            else:
-                store.rebind(embed_fn, llm, manifest)
-            return store
+    def store(self, text_embedder: Any, llm: Any, manifest) -> GraphStore:
+        """The process's GraphStore for this configuration (`mmrag.models.factory.graph_store`)."""
+        return factory.graph_store(resolved(), text_embedder=text_embedder, llm=llm, manifest=manifest,
+                                   working_dir=self.working_dir, namespace=self.namespace)
 
 
 def close_stores() -> None:
     """Finalize every cached GraphStore of this process (tests, or a clean shutdown)."""
-    with _guard:
-        for store in _stores.values():
-            store.close()
-        _stores.clear()
+    factory.close_graph_stores()

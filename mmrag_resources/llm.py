@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 from dagster import ConfigurableResource
 
-from mmrag.llm import LLMClient
+from mmrag.models import factory
+from mmrag.models.llm import LLMClient
 from mmrag_resources._settings import resolved
 
 
@@ -29,17 +29,5 @@ class LLMResource(ConfigurableResource):
                         llm_timeout_s=self.timeout_s, llm_retries=self.retries)
 
     def client(self) -> LLMClient | None:
-        s = self.settings()
-        if not s.llm_url:
-            return None
-        return _client(s.llm_url, s.llm_model, s.vlm_model, s.llm_api_key, s.llm_concurrency, s.llm_timeout_s,
-                       s.llm_retries)
-
-
-@lru_cache(maxsize=4)
-def _client(url, model, vlm_model, api_key, concurrency, timeout_s, retries) -> LLMClient:
-    if not model:
-        # vLLM serves one model per server: use the one it lists rather than demanding the name.
-        probe = LLMClient(url, "probe", api_key=api_key, timeout_s=timeout_s, retries=retries)
-        model = probe._client.models.list().data[0].id
-    return LLMClient(url, model, vlm_model, api_key, concurrency, timeout_s, retries)
+        """The process's client for this server (`mmrag.models.factory.llm_client`), None without a URL."""
+        return factory.llm_client(self.settings())

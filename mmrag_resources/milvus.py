@@ -6,11 +6,9 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
-from mmrag.milvus_store import MilvusStore
+from mmrag.index.milvus_store import MilvusStore
+from mmrag.models import factory
 from mmrag_resources._settings import resolved
-
-
-_ensured: set = set()
 
 
 class MilvusResource(ConfigurableResource):
@@ -34,16 +32,7 @@ class MilvusResource(ConfigurableResource):
 
     def index(self, text_dim: int, image_dim: int | None) -> MilvusStore:
         """The store with its collections and indexes created (idempotent, once per process)."""
-        store = self.store()
-        key = (store.uri, store.prefix, text_dim, image_dim)
-        if key not in _ensured:
-            store.ensure_collections(text_dim, image_dim)
-            _ensured.add(key)
-        return store
+        return factory.milvus_index(self.settings(), text_dim, image_dim)
 
     def store(self) -> MilvusStore:
-        s = self.settings()
-        uri = s.resolved_milvus_uri
-        if s.is_milvus_lite:
-            s.home.mkdir(parents=True, exist_ok=True)
-        return MilvusStore(uri, s.milvus_token, s.milvus_db, s.collection_prefix)
+        return factory.milvus_store(self.settings())

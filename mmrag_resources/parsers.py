@@ -7,10 +7,10 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
-from mmrag.blobs import BlobStore
 from mmrag.blocks import ParsedDocument
-from mmrag.filetypes import Detected
 from mmrag.parsing import parse_file, parser_for
+from mmrag.sources.blobs import BlobStore
+from mmrag.sources.filetypes import Detected
 from mmrag_resources._settings import resolved
 
 

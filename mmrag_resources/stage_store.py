@@ -9,15 +9,24 @@ dict for the partitions of their run.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
+from mmrag.files import write_atomic
 from mmrag_resources._settings import resolved
+
+# Modules whose classes earlier versions pickled, and where those classes live now: an output
+# written before an upgrade still loads.
+MOVED = {"mmrag.stages": "mmrag.index.stages", "mmrag.state": "mmrag.manifest", "mmrag.media": "mmrag.parsing.media",
+         "mmrag.subtitles": "mmrag.parsing.subtitles", "mmrag.sync": "mmrag.sources.sync"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return super().find_class(MOVED.get(module, module), name)
 
 
 def _name(key: str) -> str:
@@ -39,10 +48,7 @@ class StageStore(ConfigurableIOManager):
         if not isinstance(obj, dict) or set(keys) - set(obj):
             raise TypeError(f"{context.asset_key.to_user_string()} must return {{partition_key: value}} for {keys}")
         for key in keys:
-            fd, tmp = tempfile.mkstemp(dir=d)
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(obj[key], f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, d / _name(key))
+            write_atomic(d / _name(key), pickle.dumps(obj[key], protocol=pickle.HIGHEST_PROTOCOL))
 
     def load_input(self, context: InputContext) -> Any:
         d = self._dir(context.asset_key)
@@ -50,7 +56,7 @@ class StageStore(ConfigurableIOManager):
         out = {}
         for key in keys:
             with open(d / _name(key), "rb") as f:
-                out[key] = pickle.load(f)
+                out[key] = _Unpickler(f).load()
         return out
 
     def delete(self, asset_key, partition_key: str) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
-from mmrag.media import Transcriber
+from mmrag.parsing.media import Transcriber
 from mmrag_resources._settings import resolved
 
 

@@ -10,8 +10,9 @@ Unchanged files are not touched, so a no-change day costs one scan.
 
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from mmrag.runs import reap_dead_runs
-from mmrag.sync import contiguous_ranges, plan_sync, range_tags, scan_root
+from mmrag.orchestration.planner import contiguous_ranges, range_tags
+from mmrag.orchestration.runs import reap_dead_runs
+from mmrag.sources.sync import plan_sync, scan_root
 from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import pipeline_settings

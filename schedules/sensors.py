@@ -9,7 +9,7 @@ killed, or was marked failed by Dagster's run monitoring or code server) is requ
 the first time, then after the retry backoff (MMRAG_RETRY_BACKOFF_S, doubling), so a run that keeps
 failing is not relaunched every tick. Deletions whose clean-up run ended without removing the file
 are requested again the same way. Each tick first marks runs whose process died as failed and frees
-their pool slots (`mmrag.runs`).
+their pool slots (`mmrag.orchestration.runs`).
 """
 
 
@@ -27,15 +27,16 @@ from dagster import (
     sensor,
 )
 
-from mmrag.runs import reap_dead_runs
-from mmrag.sync import RequestBook, contiguous_ranges, plan_sync, range_tags, scan_root
+from mmrag.orchestration.planner import contiguous_ranges, range_tags
+from mmrag.orchestration.requests import RequestBook
+from mmrag.orchestration.runs import reap_dead_runs
+from mmrag.sources.sync import plan_sync, scan_root
 from mmrag_assets.cleanup import cleanup_job
 from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.milvus import MilvusResource
 from schedules.watch import sensor_interval_s, sensor_status, watched_roots
-
 
 RUN_KEY_TAG = "dagster/run_key"
 

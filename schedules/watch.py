@@ -5,7 +5,7 @@ import os
 
 from dagster import DefaultScheduleStatus, DefaultSensorStatus
 
-from mmrag.state import Manifest
+from mmrag.manifest import Manifest
 
 
 def automation_on() -> bool:

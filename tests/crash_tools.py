@@ -58,7 +58,7 @@ def _norm(value):
 
 def milvus_state(uri: str) -> dict[str, dict[str, dict]]:
     """Every row of every collection (vectors and timestamps left out), by id."""
-    from mmrag.milvus_store import connect
+    from mmrag.index.milvus_store import connect
 
     client = connect(uri)
     out: dict[str, dict[str, dict]] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from openai_server import FakeOpenAIServer
 
 

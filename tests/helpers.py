@@ -6,7 +6,7 @@ import json
 
 from mmrag.cli import main
 from mmrag.config import Settings
-from mmrag.milvus_store import IMAGE, TEXT, MilvusStore
+from mmrag.index.milvus_store import IMAGE, TEXT, MilvusStore
 
 
 def cli_json(capsys, *args) -> tuple[int, dict]:
@@ -57,7 +57,7 @@ def wait_while_up(what: str, check, timeout: float, proc, log, home=None):
 
 def up_diagnosis(proc, home) -> str:
     """What a stuck `mmrag up` is doing: its processes, its runs and their last steps, the stacks of
-    the runs' processes (`kill -USR1`, mmrag.runs.enable_stack_dumps), the end of the daemon's log."""
+    the runs' processes (`kill -USR1`, mmrag.orchestration.runs.enable_stack_dumps), the end of the daemon's log."""
     import os
     import signal
     import time
@@ -77,7 +77,7 @@ def up_diagnosis(proc, home) -> str:
     try:
         from dagster import DagsterInstance
 
-        from mmrag.runs import PID_TAG
+        from mmrag.orchestration.runs import PID_TAG
 
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             for run in instance.get_runs(limit=10):

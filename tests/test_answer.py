@@ -6,12 +6,12 @@ import base64
 import shutil
 
 import pytest
+from conftest import SAMPLE
+from openai_server import FakeOpenAIServer, Fault, image_parts, prompt_text
 from PIL import Image
 
-from mmrag.answer import NO_MATCH, SENTINEL, answer, build_context, parse_citations
-from mmrag.llm import LLMClient
-from openai_server import Fault, FakeOpenAIServer, image_parts, prompt_text
-from conftest import SAMPLE
+from mmrag.models.llm import LLMClient
+from mmrag.retrieval.answer import NO_MATCH, SENTINEL, answer, build_context, parse_citations
 
 
 def client(server: FakeOpenAIServer, vlm_model: str = "fake-vlm", retries: int = 2) -> LLMClient:

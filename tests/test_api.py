@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import REPO, SAMPLE, copy_corpus
 from openai_server import FakeOpenAIServer, prompt_text
 

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
-
 from conftest import run_cli
 from crash_tools import dangling, diff, env_for, index_state, ingest_subprocess, new_home
 from openai_server import FakeOpenAIServer, lightrag_aware
+from PIL import Image, ImageDraw
 
 SHARED = "Every survey in this folder counts Mallards and Teals along the Northern Marsh."
 # The clean-up job runs first: its graph commit is the first "graph-persisted"/"graph-committed"

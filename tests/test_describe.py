@@ -9,15 +9,15 @@ from openai_server import FakeOpenAIServer, image_parts, prompt_text
 from PIL import Image
 
 from mmrag.blocks import Block, BlockKind, ParsedDocument
-from mmrag.describe import (
+from mmrag.index.describe import (
     CACHE_NAMESPACE,
     cache_key,
     describe_document,
     describe_documents,
     parse_reply,
 )
-from mmrag.llm import LLMClient
-from mmrag.state import Manifest
+from mmrag.manifest import Manifest
+from mmrag.models.llm import LLMClient
 
 TABLE = "| City | Population |\n|---|---|\n| Oslo | 709000 |\n| Bergen | 289000 |"
 

@@ -1,10 +1,10 @@
-"""Extraction units (mmrag.extraction_units): pure planning, no LightRAG."""
+"""Extraction units (mmrag.graph.units): pure planning, no LightRAG."""
 
 from __future__ import annotations
 
 import random
 
-from mmrag.extraction_units import attribute_entity, attribute_relation, plan_units
+from mmrag.graph.units import attribute_entity, attribute_relation, plan_units
 
 
 def _doc(seed: int, n: int = 60) -> tuple[list[str], list[int]]:

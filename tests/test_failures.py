@@ -9,7 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-
 from conftest import BAD, SAMPLE, copy_corpus
 from crash_tools import dangling, diff, index_state
 from helpers import cli_json
@@ -93,10 +92,10 @@ def test_nul_bytes_long_names_and_long_paths_are_bounded(mmrag_env, tmp_path, ca
 
 
 def test_row_ids_do_not_depend_on_where_the_data_dir_lives(tmp_path):
-    from mmrag.blobs import BlobStore
-    from mmrag.embedders import TextEmbedder
+    from mmrag.index.stages import embed_stage, milvus_rows, parse_stage, snapshot_file
+    from mmrag.models.embedders import TextEmbedder
     from mmrag.parsing import parse_file
-    from mmrag.stages import embed_stage, milvus_rows, parse_stage, snapshot_file
+    from mmrag.sources.blobs import BlobStore
 
     emb = TextEmbedder()
     ids = []

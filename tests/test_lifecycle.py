@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from conftest import SAMPLE, copy_corpus
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 from openai_server import lightrag_aware
@@ -54,7 +53,7 @@ def test_reingest_is_idempotent_and_makes_no_llm_call(mmrag_env, tmp_path, capsy
     from dagster import DagsterInstance
 
     from mmrag.definitions import defs
-    from mmrag.sync import range_tags
+    from mmrag.orchestration.planner import range_tags
 
     key = "docs:word_sample.docx"
     res = defs.resolve_job_def("ingest_job").execute_in_process(instance=DagsterInstance.get(),
@@ -68,8 +67,8 @@ def test_change_and_delete_touch_only_their_file(mmrag_env, tmp_path, capsys):
     from dagster import DagsterInstance
 
     from mmrag.config import Settings
-    from mmrag.lightrag_runtime import graph_counts
-    from mmrag.state import Manifest
+    from mmrag.graph.lightrag_adapter import graph_counts
+    from mmrag.manifest import Manifest
 
     root = _small_corpus(tmp_path / "docs")
     code, out = cli_json(capsys, "ingest", str(root), "--source", "docs")
@@ -112,7 +111,7 @@ def test_change_and_delete_touch_only_their_file(mmrag_env, tmp_path, capsys):
     from mmrag_resources.lightrag import LightRAGResource
 
     text = TextEmbedderResource().embedder()
-    graph = LightRAGResource().store(text.embed, text.dim, None, manifest)
+    graph = LightRAGResource().store(text, None, manifest)
     for cid in shared:
         rec = graph.run(graph.rag.text_chunks.get_by_id(cid))
         assert rec is not None and "mallards" in rec["content"]
@@ -160,9 +159,10 @@ def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_
     failure), and redone once its backoff has passed, or at once with --retry-failed."""
     import time
 
-    from mmrag.config import Settings
-    from mmrag.state import Manifest
     from openai_server import Fault
+
+    from mmrag.config import Settings
+    from mmrag.manifest import Manifest
 
     openai_server.responder = lightrag_aware
     openai_server.fault_fn = lambda rec: Fault(status=503) if (rec.json or {}).get("model") == "fake-vlm" else None

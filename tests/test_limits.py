@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from corpus_gen import build_pathological, make_pdf, make_png, make_zip_bomb_docx
 from helpers import TEXT, cli_json, rows_by_file, store
-from mmrag.blobs import BlobStore
+
 from mmrag.config import Settings
-from mmrag.filetypes import detect
 from mmrag.parsing import ParseError, SkipFile, parse_file
 from mmrag.parsing.limits import LimitExceeded, Limits, markup_depth, precheck
 from mmrag.parsing.worker import ParseSupervisor, WorkerConfig, tree_rss
+from mmrag.sources.blobs import BlobStore
+from mmrag.sources.filetypes import detect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def _alive(pid: int) -> bool:
 
 def test_parser_errors_come_back_as_before(mmrag_env, tmp_path):
     """SkipFile and ParseError cross the process boundary with their class and message."""
-    from mmrag.stages import FileOutcome, RawFile, parse_stage
+    from mmrag.index.stages import FileOutcome, RawFile, parse_stage
 
     empty = tmp_path / "empty.pdf"
     empty.write_bytes(b"")
@@ -223,7 +223,7 @@ def test_a_killed_ingest_leaves_no_parse_worker_behind(mmrag_env, tmp_path):
     script = textwrap.dedent(f"""
         from pathlib import Path
         from mmrag.config import Settings
-        from mmrag.filetypes import detect
+        from mmrag.sources.filetypes import detect
         from mmrag.parsing.worker import ParseSupervisor, WorkerConfig
         if __name__ == "__main__":
             f = Path({str(tmp_path / "text.png")!r})

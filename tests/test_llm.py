@@ -9,11 +9,11 @@ import threading
 import time
 
 import pytest
+from openai_server import FakeOpenAIServer, image_parts
 from PIL import Image
 
 from mmrag.config import Settings
-from mmrag.llm import LLMClient, LLMError, guess_image_mime, image_data_url
-from openai_server import FakeOpenAIServer, image_parts
+from mmrag.models.llm import LLMClient, LLMError, guess_image_mime, image_data_url
 
 
 def client(server: FakeOpenAIServer, **kw) -> LLMClient:
@@ -234,10 +234,13 @@ def test_acomplete_works_as_lightrag_llm_model_func(openai_server):
     assert not image_parts(req)
 
 
-def test_from_settings(openai_server):
-    assert LLMClient.from_settings(Settings()) is None
+def test_the_factory_builds_the_client_from_settings(openai_server):
+    from mmrag.models import factory
+
+    assert factory.llm_client(Settings()) is None
     s = Settings(llm_url=openai_server.base_url, llm_model="fake-llm", llm_concurrency=5, llm_timeout_s=7, llm_retries=1)
-    llm = LLMClient.from_settings(s)
+    llm = factory.llm_client(s)
+    assert factory.llm_client(s) is llm  # one client per configuration and process
     assert (llm.model, llm.vlm_model, llm.concurrency, llm.timeout_s, llm.retries) == ("fake-llm", "fake-llm", 5, 7.0, 1)
     assert llm.complete("hi")
     assert openai_server.requests[0].headers["Authorization"] == "Bearer EMPTY"

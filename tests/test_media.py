@@ -8,10 +8,10 @@ import subprocess
 import wave
 
 import pytest
-
 from conftest import BAD, SAMPLE, copy_corpus
 from helpers import TEXT, cli_json, rows_by_file
-from mmrag.media import Segment, Transcriber, clamp_segments
+
+from mmrag.parsing.media import Segment, Transcriber, clamp_segments
 
 PHRASE = "ask not what your country can do for you"
 
@@ -170,7 +170,7 @@ def _slideshow(tmp_path, seconds: int = 3):
 def test_scene_change_keyframes_and_near_duplicate_frames_dropped(tmp_path):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed")
-    from mmrag.media import drop_near_duplicates, extract_frames
+    from mmrag.parsing.media import drop_near_duplicates, extract_frames
 
     video = _slideshow(tmp_path)
     frames = extract_frames(video, 0.2, tmp_path / "frames", scene_threshold=0.3)
@@ -227,10 +227,10 @@ def test_sidecar_subtitles_are_the_transcript_and_follow_their_video(mmrag_env, 
 def test_embedded_subtitle_track_is_the_transcript(tmp_path):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed")
-    from mmrag.blobs import BlobStore
-    from mmrag.filetypes import detect
     from mmrag.parsing import parse_file
     from mmrag.parsing.video_parser import FrameOptions
+    from mmrag.sources.blobs import BlobStore
+    from mmrag.sources.filetypes import detect
 
     _srt(tmp_path / "t.srt", [(1, 4, "Embedded words about grebes")])
     video = tmp_path / "with_subs.mp4"

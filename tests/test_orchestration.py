@@ -11,16 +11,16 @@ import time
 from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
-    DeleteDynamicPartitionsRequest,
     Definitions,
+    DeleteDynamicPartitionsRequest,
     build_schedule_context,
     build_sensor_context,
     materialize,
 )
-
 from helpers import TEXT, cli_json, rows_by_file
+
 from mmrag.config import Settings
-from mmrag.state import Manifest
+from mmrag.manifest import Manifest
 
 RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
@@ -217,7 +217,7 @@ def test_sensor_frees_a_dead_run_and_requests_its_files_again(mmrag_env, tmp_pat
     from dagster import DagsterRunStatus
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from mmrag.runs import owner_tags
+    from mmrag.orchestration.runs import owner_tags
 
     root = tmp_path / "docs"
     root.mkdir()
@@ -280,7 +280,7 @@ def test_a_file_whose_run_ended_without_it_is_requested_again_then_with_backoff(
     assert not tick.run_requests  # in flight: not again
     # Another writer (an overlapping CLI ingest) finishes a.md, then the run in flight marks it
     # `indexing` again: still that run's file, not a new request (each overlap made the next run).
-    from mmrag.state import FileRecord
+    from mmrag.manifest import FileRecord
 
     manifest, st = Manifest(Settings.from_env().state_path), (root / "a.md").stat()
     manifest.upsert(FileRecord("docs:a.md", "docs", str(root), "a.md", content_hash="x", size=st.st_size,

@@ -7,13 +7,13 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from conftest import BAD, SAMPLE
-from mmrag.blobs import BlobStore
+
 from mmrag.blocks import BlockKind
-from mmrag.chunking import chunk_document
-from mmrag.filetypes import detect
+from mmrag.index.chunking import chunk_document
 from mmrag.parsing import ParseError, SkipFile, parse_file
+from mmrag.sources.blobs import BlobStore
+from mmrag.sources.filetypes import detect
 
 
 def _parse(path: Path, tmp_path):
@@ -105,7 +105,7 @@ def test_bad_files_get_a_clear_outcome(tmp_path):
 def test_chunks_keep_lineage_and_respect_size(tmp_path):
     doc = _parse(SAMPLE / "wiki_duck.html", tmp_path)
     chunks = chunk_document(doc, size=120, overlap=20)
-    from mmrag.tokenize import TOKENIZER
+    from mmrag.models.tokenizer import TOKENIZER
 
     assert all(TOKENIZER.count(c.text) <= 120 + 40 for c in chunks)  # + the heading line
     ids = {b.id for b in doc.blocks}

@@ -19,7 +19,7 @@ import test_orchestration as orch
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from mmrag.config import Settings
-from mmrag.instance import MARKER, PG_URL_VAR, with_driver, write_instance_yaml
+from mmrag.orchestration.instance import MARKER, PG_URL_VAR, with_driver, write_instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "pw-" + uuid.uuid4().hex[:12]  # in the URL only: must never reach a file
@@ -98,7 +98,7 @@ def pg_url(pg_server):
 def pg_env(pg_url, tmp_path, monkeypatch):
     """mmrag_env on Postgres: MMRAG_DAGSTER_PG_URL on a fresh database, DAGSTER_HOME unset so the CLI's
     ensure_dagster_home writes $MMRAG_HOME/dagster/dagster.yaml (and points DAGSTER_HOME at it)."""
-    from mmrag.cli import ensure_dagster_home
+    from mmrag.orchestration.instance import ensure_dagster_home
 
     for var in [v for v in os.environ if v.startswith("MMRAG_")]:
         monkeypatch.delenv(var)

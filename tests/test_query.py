@@ -6,7 +6,6 @@ import base64
 import json
 
 import pytest
-
 from conftest import SAMPLE, copy_corpus, isolated_env, run_cli
 from helpers import cli_json
 from openai_server import image_parts, prompt_text

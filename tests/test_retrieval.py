@@ -52,15 +52,15 @@ def _is_target(hit, files, page, phrase) -> bool:
 
 def test_hybrid_beats_dense_and_bm25(mmrag_env, tmp_path, capsys):
     from mmrag.config import Settings
-    from mmrag.embedders import TextEmbedder
-    from mmrag.query import open_store, retrieve
+    from mmrag.models import factory
+    from mmrag.retrieval.query import retrieve
 
     root = copy_corpus(SAMPLE, tmp_path / "fixture", FILES)
     code, out = cli_json(capsys, "ingest", str(root), "--source", "s")
     assert code == 0 and out["indexed"] == len(FILES), out["failed"]
 
     settings = Settings.from_env()
-    store, embedder = open_store(settings), TextEmbedder(settings.text_embed_model)
+    store, embedder = factory.milvus_store(settings), factory.text_embedder(settings, cached=False)
     mrr, ranks = {}, {}
     for mode in ("hybrid", "dense", "bm25"):
         ranks[mode] = []

@@ -1,4 +1,4 @@
-"""Nothing from outside a root is read (mmrag.roots): symlinks to files outside it, symlink loops,
+"""Nothing from outside a root is read (mmrag.sources.roots): symlinks to files outside it, symlink loops,
 folder symlinks, FIFOs, sockets; a file swapped for a link after the scan. Real files, a real FIFO
 and a bound unix socket; the ingest goes through the CLI and Milvus Lite."""
 
@@ -10,12 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from mmrag.blobs import BlobStore
-from mmrag.roots import OutsideRoot, open_source, symlink_mode
-from mmrag.stages import FileOutcome, RawFile, snapshot_file
-from mmrag.sync import scan_root
+
+from mmrag.index.stages import FileOutcome, RawFile, snapshot_file
+from mmrag.sources.blobs import BlobStore
+from mmrag.sources.roots import OutsideRoot, open_source, symlink_mode
+from mmrag.sources.sync import scan_root
 
 SECRET = "The launch code for the secret vault is Zebra Quartz Nine."
 

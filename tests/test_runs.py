@@ -25,7 +25,7 @@ def _run_holding_slot(instance, pid: int) -> str:
     from dagster import DagsterRunStatus
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from mmrag.runs import owner_tags
+    from mmrag.orchestration.runs import owner_tags
 
     run_id = str(uuid.uuid4())
     instance.add_run(DagsterRun(job_name="ingest_job", run_id=run_id, status=DagsterRunStatus.STARTED,
@@ -38,7 +38,7 @@ def _run_holding_slot(instance, pid: int) -> str:
 def test_wait_for_a_live_holder_is_bounded_and_sleeps_then_a_dead_one_is_reaped(instance):
     from dagster import DagsterRunStatus
 
-    from mmrag.runs import wait_for_pool
+    from mmrag.orchestration.runs import wait_for_pool
 
     holder = subprocess.Popen(["sleep", "60"])
     try:
@@ -76,7 +76,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_run(instance):
 
     from dagster import DagsterRunStatus
 
-    from mmrag.runs import START_TAG, reap_dead_runs
+    from mmrag.orchestration.runs import START_TAG, reap_dead_runs
 
     run_id = _run_holding_slot(instance, os.getpid())
     assert reap_dead_runs(instance) == []  # this process is alive and started when recorded
@@ -89,7 +89,7 @@ def test_executor_waiting_for_a_slot_sleeps():
     """Dagster 1.13's in-process executor computes its next claim check as min(0, ...): it would spin."""
     from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 
-    from mmrag.runs import patch_claim_polling
+    from mmrag.orchestration.runs import patch_claim_polling
 
     patch_claim_polling()
     ctx = InstanceConcurrencyContext.__new__(InstanceConcurrencyContext)
@@ -109,7 +109,7 @@ def test_a_run_process_writes_its_stacks_on_sigusr1_and_leaves_no_empty_file(tmp
 
     script = ("import os, signal, sys, threading, time\n"
               "from pathlib import Path\n"
-              "from mmrag.runs import enable_stack_dumps\n"
+              "from mmrag.orchestration.runs import enable_stack_dumps\n"
               "enable_stack_dumps(Path(sys.argv[1]))\n"
               "threading.Thread(target=time.sleep, args=(30,), name='waiter', daemon=True).start()\n"
               "print('ready', flush=True)\n"

@@ -23,9 +23,9 @@ from conftest import REPO, SAMPLE
 from helpers import wait_while_up
 from openai_server import FakeOpenAIServer, lightrag_aware
 
-from mmrag.access import Forbidden, Scope, keyring, parse_keys, scope_of
 from mmrag.redact import redact_url, scrub
-from mmrag.up import free_port
+from mmrag.serve.access import Forbidden, Scope, keyring, parse_keys, scope_of
+from mmrag.serve.supervisor import free_port
 
 CANARY_LLM = "canary-llm-7f3a9c1e55"
 CANARY_MILVUS = "root:canary-milvus-2b8d4e"
@@ -205,8 +205,8 @@ def test_requests_in_flight_are_bounded_per_key(tmp_path, monkeypatch):
 
     from fastapi.testclient import TestClient
 
-    from mmrag.api import MAX_PER_KEY, create_app
     from mmrag.config import Settings
+    from mmrag.serve.api import MAX_PER_KEY, create_app
 
     monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))
     app = create_app(Settings.from_env(), warm=False, keys=parse_keys(f"{KEY_A}=finance;{KEY_B}=*"))

@@ -1,8 +1,8 @@
 """The structural graph as pure data (no LightRAG): tree, passages and cross-references."""
 
 from mmrag.blocks import Block, BlockKind, ParsedDocument
-from mmrag.chunking import chunk_document
-from mmrag.structural_kg import build_structural_kg
+from mmrag.graph.structural import build_structural_kg
+from mmrag.index.chunking import chunk_document
 
 
 def test_tree_passages_and_cross_references():

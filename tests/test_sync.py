@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
-from mmrag.blobs import hash_file
-from mmrag.state import FileRecord
-from mmrag.sync import REQUEST_TTL_S, RequestBook, contiguous_ranges, plan_sync, scan_root
+from mmrag.manifest import FileRecord
+from mmrag.orchestration.planner import contiguous_ranges
+from mmrag.orchestration.requests import REQUEST_TTL_S, RequestBook
+from mmrag.sources.blobs import hash_file
+from mmrag.sources.sync import plan_sync, scan_root
 
 
 def _indexed(scan, fingerprint="fp"):
@@ -93,7 +95,7 @@ def test_contiguous_ranges_batch_files_into_few_runs():
 def test_media_and_sidecar_subtitles_are_replanned_together(tmp_path):
     """Editing, adding or removing `talk.en.vtt` redoes `talk.mp4` (its transcript comes from the
     subtitles); removing the video redoes the subtitles (now indexed on their own)."""
-    from mmrag.subtitles import pair_sidecars
+    from mmrag.parsing.subtitles import pair_sidecars
 
     assert pair_sidecars(["t/talk.mp4", "t/talk.vtt", "t/talk.en.srt", "t/talk.en-US.forced.vtt", "t/other.vtt",
                           "u/talk.vtt", "x.y.mp3", "x.y.vtt", "talk.final.vtt"]) == {

@@ -25,7 +25,7 @@ from crash_tools import diff, env_for, index_state, new_home
 from helpers import wait_while_up
 from openai_server import FakeOpenAIServer, lightrag_aware
 
-from mmrag.up import free_port, port_open
+from mmrag.serve.supervisor import free_port, port_open
 
 RANGE_START = "dagster/asset_partition_range_start"
 
@@ -75,7 +75,7 @@ def _in_flight_run(instance, file_key: str):
     """The STARTED run whose range starts at `file_key`, once its process has recorded its pid."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from mmrag.runs import PID_TAG
+    from mmrag.orchestration.runs import PID_TAG
 
     for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
         if run.tags.get(RANGE_START) == file_key and run.tags.get(PID_TAG, "").isdigit():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmrag.vector_cache import CachedTextEmbedder, VectorCache
+from mmrag.models.vector_cache import CachedTextEmbedder, VectorCache
 
 
 class _Counting:
@@ -49,7 +49,7 @@ def test_cached_vectors_are_the_model_vectors(tmp_path):
 def test_the_same_picture_is_embedded_once(tmp_path):
     from PIL import Image
 
-    from mmrag.vector_cache import CachedImageEmbedder
+    from mmrag.models.vector_cache import CachedImageEmbedder
 
     class _Images:
         model_name, dim, enabled = "toy-clip", 3, True
@@ -78,7 +78,7 @@ def test_a_model_asked_for_by_two_threads_at_once_loads_once():
     import threading
     import time
 
-    from mmrag.embedders import _load_once
+    from mmrag.models.embedders import _load_once
 
     calls = []
 

@@ -22,10 +22,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from mmrag.blobs import BlobStore
 from mmrag.blocks import Block, BlockKind, ParsedDocument
-from mmrag.filetypes import Detected
 from mmrag.parsing.errors import ParseError, SkipFile
+from mmrag.sources.blobs import BlobStore
+from mmrag.sources.filetypes import Detected
 
 __all__ = ["ParseError", "SkipFile", "parse_file", "parser_for"]
 
@@ -184,8 +184,8 @@ def parse_file(
         blocks, w, pages = parse_image(path, blobs)
         warnings += w
     elif parser in ("whisper", "ffmpeg+whisper"):
-        from mmrag.media import Transcriber
         from mmrag.parsing.audio_parser import parse_audio
+        from mmrag.parsing.media import Transcriber
         from mmrag.parsing.video_parser import FrameOptions, parse_video
 
         transcriber = transcriber or Transcriber()
@@ -198,9 +198,9 @@ def parse_file(
         parser_version = asr if parser == "whisper" else f"ffmpeg + {asr}"
         warnings += w
     elif parser == "subtitles":
-        from mmrag.media import MediaError
         from mmrag.parsing.audio_parser import transcript_blocks
-        from mmrag.subtitles import read_subtitles
+        from mmrag.parsing.media import MediaError
+        from mmrag.parsing.subtitles import read_subtitles
 
         try:
             blocks = transcript_blocks(read_subtitles(Path(rel_path), _decode_text(path, warnings)), transcript="subtitles")

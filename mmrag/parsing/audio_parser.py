@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from mmrag.blocks import Block, BlockKind
-from mmrag.media import MediaError, Segment, Transcriber
 from mmrag.parsing.errors import ParseError
+from mmrag.parsing.media import MediaError, Segment, Transcriber
 
 
 def transcript_blocks(segments: list[Segment], **meta) -> list[Block]:
@@ -20,7 +20,7 @@ def transcript_blocks(segments: list[Segment], **meta) -> list[Block]:
 
 
 def _from_subtitles(path: Path, sidecars, info: dict | None) -> tuple[list[Block], str] | None:
-    from mmrag.subtitles import TEXT_CODECS, extract_embedded, read_subtitles
+    from mmrag.parsing.subtitles import TEXT_CODECS, extract_embedded, read_subtitles
 
     if sidecars:  # best first: the untagged one, then by name
         rel, snap, tag = sidecars[0]

@@ -14,9 +14,9 @@ from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 
-from mmrag.blobs import BlobStore
 from mmrag.blocks import Block, BlockKind
 from mmrag.parsing.errors import ParseError
+from mmrag.sources.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -6,9 +6,9 @@ import io
 import shutil
 from pathlib import Path
 
-from mmrag.blobs import BlobStore
 from mmrag.blocks import Block, BlockKind
 from mmrag.parsing.errors import ParseError
+from mmrag.sources.blobs import BlobStore
 
 
 def tesseract_available() -> bool:

@@ -14,10 +14,10 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mmrag.blobs import BlobStore
 from mmrag.blocks import Block
 from mmrag.parsing.docling_parser import parse_with_docling
 from mmrag.parsing.errors import ParseError
+from mmrag.sources.blobs import BlobStore
 
 
 def mineru_version() -> str:

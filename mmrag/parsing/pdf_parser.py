@@ -13,9 +13,9 @@ import re
 from importlib.metadata import version
 from pathlib import Path
 
-from mmrag.blobs import BlobStore
 from mmrag.blocks import Block, BlockKind
 from mmrag.parsing.errors import ParseError, SkipFile
+from mmrag.sources.blobs import BlobStore
 
 PDFIUM_VERSION = version("pypdfium2")
 _CAPTION = re.compile(r"^\s*(fig(ure)?|table|tab)\.?\s*\d+", re.IGNORECASE)

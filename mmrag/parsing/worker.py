@@ -137,10 +137,10 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
 
     from PIL import Image
 
-    from mmrag.blobs import BlobStore
-    from mmrag.media import Transcriber
     from mmrag.parsing import parse_file
+    from mmrag.parsing.media import Transcriber
     from mmrag.parsing.video_parser import FrameOptions
+    from mmrag.sources.blobs import BlobStore
 
     limits = config.limits
     # PIL refuses to decode beyond twice MAX_IMAGE_PIXELS: images inside documents stop at the limit.

@@ -1,0 +1,187 @@
+"""`mmrag ingest`: bring the index in line with a folder through Dagster runs, then report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mmrag.cli.common import EXIT_BAD_ROOT, EXIT_FAILED_FILES, progress, source_name
+from mmrag.config import Settings
+from mmrag.orchestration.instance import dagster_instance
+
+
+def _quiet_run_config() -> dict:
+    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None, retry_failed: bool = False):
+    """Bring the index in line with `root`: clean-up run for deleted files, ingest runs (ranges of
+    partitions) for new, changed and stale ones. Returns (scan, run errors, files removed); the scan's
+    `error` is set (and nothing changed) when the root is missing or unreadable.
+
+    First, runs of this instance whose process died are marked failed and their pool slots freed;
+    each run then starts once the index pool has a free slot (bounded wait, `MMRAG_SLOT_WAIT_S`)."""
+    from mmrag.orchestration.runs import reap_dead_runs
+    from mmrag.sources.sync import plan_sync, scan_root
+
+    scan = scan_root(root, source)
+    if scan.error:
+        return scan, [], 0
+    instance = dagster_instance(settings)
+    reap_dead_runs(instance, say)
+
+    from mmrag.manifest import Manifest
+
+    manifest = Manifest(settings.state_path)
+    manifest.set_source(source, str(root))
+    records = {r.file_key: r for r in manifest.all(source)}
+    partitions = set(instance.get_dynamic_partitions("source_files"))
+    plan = plan_sync(scan, records, partitions, fingerprint=settings.fingerprint(), retry_failed=retry_failed)
+    if plan.to_run:
+        _start_parse_worker(settings, [scan.files[k][0] for k in plan.to_run])
+    try:
+        return _apply_plan(settings, instance, scan, plan, partitions, manifest, say)
+    finally:
+        from mmrag.parsing.worker import discard_spare
+
+        discard_spare()
+
+
+def _start_parse_worker(settings: Settings, rel_paths: list[str]) -> None:
+    """Start the run's parse worker now, loading the parsers these files need while the definitions
+    import and Dagster sets the run up (50 office files: some 6 s of CPU that the parse step waited
+    for). The parse step adopts it; a failure here only means the step starts its own."""
+    from mmrag.parsing.worker import WorkerConfig, start_spare
+    from mmrag.sources.blobs import BlobStore
+    from mmrag.sources.filetypes import kind_by_name
+
+    try:
+        kinds = sorted({kind_by_name(rel) for rel in rel_paths} - {"unknown"})
+        start_spare(WorkerConfig.from_settings(settings, BlobStore(settings.blobs_dir).root), kinds)
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger(__name__).debug("no parse worker ahead of the run: %s", e)
+
+
+def _apply_plan(settings: Settings, instance, scan, plan, partitions: set[str], manifest, say):
+    """sync_folder's runs: the clean-up, then the ingest ranges."""
+    from mmrag.definitions import defs
+    from mmrag.orchestration.planner import contiguous_ranges, range_tags
+    from mmrag.orchestration.runs import owner_tags, wait_for_pool
+
+    for key, (size, mtime) in plan.touched.items():
+        manifest.update(key, size=size, mtime=mtime)
+    say(f"{scan.source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
+        f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
+    run_errors: list[tuple[list[str], str]] = []
+    removed = 0
+
+    def pool_free(what: str) -> str | None:
+        """Wait for the index pool; the error, if it stayed busy."""
+        try:
+            wait_for_pool(instance, "mmrag_index", settings.slot_wait_s, say)
+        except TimeoutError as e:
+            say(f"  {what}: {e}")
+            return f"TimeoutError: {e}"
+        return None
+
+    if plan.deleted and (err := pool_free("clean-up")):
+        run_errors.append((plan.deleted, err))
+    elif plan.deleted:
+        job = defs.resolve_job_def("cleanup_job")
+        res = job.execute_in_process(
+            instance=instance, raise_on_error=False, tags={"mmrag/launched-by": "cli", **owner_tags()},
+            run_config={**_quiet_run_config(),
+                        "ops": {"remove_deleted_files": {"config": {"file_keys": plan.deleted}}}})
+        if res.success:
+            removed = len(plan.deleted)
+            for key in plan.deleted:
+                if key in partitions:
+                    instance.delete_dynamic_partition("source_files", key)
+        else:
+            run_errors.append((plan.deleted, _run_error(res)))
+    if plan.new:
+        instance.add_dynamic_partitions("source_files", plan.new)
+    ordered = instance.get_dynamic_partitions("source_files")
+    job = defs.resolve_job_def("ingest_job")
+    for start, end in contiguous_ranges(plan.to_run, ordered):
+        keys = ordered[ordered.index(start): ordered.index(end) + 1]
+        say(f"  indexing {len(keys)} files ({start} … {end})")
+        if err := pool_free("indexing"):
+            run_errors.append((keys, err))
+            continue
+        res = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_quiet_run_config(),
+                                     tags={**range_tags(start, end), "mmrag/launched-by": "cli", **owner_tags()})
+        if not res.success:
+            run_errors.append((keys, _run_error(res)))
+    return scan, run_errors, removed
+
+
+def cmd_ingest(args) -> int:
+    settings = Settings.from_env()
+    root = Path(args.root).expanduser().resolve()
+    source = args.source or source_name(root)
+    scan, run_errors, removed = sync_folder(settings, root, source, lambda msg: progress(args, msg),
+                                            retry_failed=args.retry_failed)
+    if scan.error:
+        print(f"mmrag: {scan.error}; nothing was changed", file=sys.stderr)
+        return EXIT_BAD_ROOT
+    return _report(args, settings, source, scan, run_errors, removed)
+
+
+def _run_error(result) -> str:
+    for ev in result.all_events:
+        if ev.is_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
+            err = ev.event_specific_data.error
+            return f"{err.cls_name}: {err.message.strip()}"
+    return "the run failed"
+
+
+def _index_counts(settings: Settings) -> dict:
+    from mmrag.index.milvus_store import IMAGE, TEXT
+    from mmrag.models import factory
+
+    store = factory.milvus_store(settings)
+    from mmrag.graph.lightrag_adapter import graph_counts
+
+    nodes, edges = graph_counts(settings.graph_dir)
+    return {"text_rows": store.count(TEXT), "image_rows": store.count(IMAGE), "graph_nodes": nodes, "graph_edges": edges}
+
+
+def _report(args, settings, source, scan, run_errors, removed: int = 0) -> int:
+    from mmrag.manifest import Manifest
+
+    manifest = Manifest(settings.state_path)
+    recs = {r.file_key: r for r in manifest.all(source)}
+    failed_by_run = {k: err for keys, err in run_errors for k in keys}
+    indexed, skipped, failed = 0, [], []
+    for key, (rel, _, _) in sorted(scan.files.items()):
+        rec = recs.get(key)
+        if key in failed_by_run:
+            failed.append({"path": rel, "error": failed_by_run[key]})
+        elif rec is None:
+            failed.append({"path": rel, "error": "not indexed (no record)"})
+        elif rec.status in ("indexed", "partial"):  # partial: indexed, some descriptions extractive
+            indexed += 1
+        elif rec.status == "skipped":
+            skipped.append({"path": rel, "reason": rec.reason})
+        else:
+            failed.append({"path": rel, "error": rec.reason or rec.status})
+    for rel, reason in scan.ignored:
+        skipped.append({"path": rel, "reason": reason})
+    out = {"files": len(scan.files) + len(scan.ignored), "indexed": indexed, "skipped": skipped, "failed": failed,
+           "deleted": removed, **_index_counts(settings)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"indexed {indexed}/{out['files']} files; {len(skipped)} skipped, {len(failed)} failed"
+              + (f"; {removed} deleted files removed from the index" if removed else ""))
+        for s in skipped:
+            print(f"  skipped {s['path']}: {s['reason']}")
+        for f in failed:
+            print(f"  FAILED  {f['path']}: {f['error']}")
+        print(f"index: {out['text_rows']} text rows, {out['image_rows']} image rows, "
+              f"graph {out['graph_nodes']} nodes / {out['graph_edges']} edges")
+    return EXIT_FAILED_FILES if failed else 0
+

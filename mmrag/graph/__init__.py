@@ -1,0 +1,1 @@
+"""The LightRAG knowledge graph: the store, its crash-safe sessions, extraction, vectors, scope."""

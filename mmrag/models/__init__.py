@@ -1,0 +1,1 @@
+"""Model clients: the LLM client, the embedders, the vector cache, the tokenizer."""

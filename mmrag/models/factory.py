@@ -1,0 +1,195 @@
+"""The one place that builds each model and store from `Settings`, for every caller.
+
+The Dagster resources, the query service (CLI and API), the chat page, the evaluation and the CLI's
+own commands all come here, so a setting means the same thing on every path: with
+`MMRAG_TEXT_EMBED_BACKEND=openai`, a question is embedded by the same server and model as the
+indexed chunks, whichever path asks it.
+
+Everything is built once per process and configuration (models are big, clients hold connection
+pools, LightRAG allows one open store per workspace) and shared by threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmrag.config import Settings, is_lite_uri
+
+if TYPE_CHECKING:
+    from mmrag.graph.store import GraphStore
+    from mmrag.index.milvus_store import MilvusStore
+    from mmrag.manifest import Manifest
+    from mmrag.models.llm import LLMClient
+
+log = logging.getLogger(__name__)
+_guard = threading.RLock()
+_llms: dict[tuple, Any] = {}
+_embedders: dict[tuple, Any] = {}
+_ensured: set[tuple] = set()
+_graphs: dict[tuple, Any] = {}
+
+
+# -- the model server ------------------------------------------------------------------------------
+def llm_client(settings: Settings) -> "LLMClient | None":
+    """The client of the chat / vision server (`MMRAG_LLM_URL`), or None when none is configured.
+    With no model named, the one the server lists is used (vLLM serves one model per server); when
+    the server cannot be asked yet, the client is built without a name and asked again next time."""
+    if not settings.llm_url:
+        return None
+    return _client(settings.llm_url, settings.llm_model, settings.vlm_model, settings.llm_api_key, settings)
+
+
+def _client(url: str, model: str, vlm_model: str, api_key: str, s: Settings) -> "LLMClient":
+    from mmrag.models.llm import LLMClient
+
+    key = (url, model, vlm_model, api_key, s.llm_concurrency, s.llm_timeout_s, s.llm_retries)
+    with _guard:
+        if key in _llms:
+            return _llms[key]
+    name = model
+    if not name:
+        probe = LLMClient(url, "probe", api_key=api_key, timeout_s=s.llm_timeout_s, retries=s.llm_retries)
+        try:
+            name = probe._client.models.list().data[0].id
+        except Exception as e:  # noqa: BLE001 - the server is down or lists nothing: the request will say
+            log.warning("could not ask %s which model it serves (%s: %s)", url, type(e).__name__, e)
+            return LLMClient(url, "", vlm_model, api_key, s.llm_concurrency, s.llm_timeout_s, s.llm_retries)
+    client = LLMClient(url, name, vlm_model, api_key, s.llm_concurrency, s.llm_timeout_s, s.llm_retries)
+    with _guard:
+        return _llms.setdefault(key, client)
+
+
+# -- embedders -------------------------------------------------------------------------------------
+def text_embed_url(settings: Settings, llm: Any = None) -> str:
+    """Where `backend=openai` embeddings come from: MMRAG_TEXT_EMBED_URL, else the LLM server."""
+    return settings.text_embed_url or (getattr(llm, "base_url", "") or settings.llm_url)
+
+
+def text_embedder(settings: Settings, *, llm: Any = None, cached: bool = True):
+    """The text embedder of the index: sentence-transformers in this process (default: the
+    PyPI-packaged MiniLM), or `backend="openai"`: the `/v1/embeddings` of MMRAG_TEXT_EMBED_URL (else of
+    the LLM server, or of `llm`'s). `cached`: behind the vector cache of the data dir
+    (`mmrag.models.vector_cache`), so a text embedded before is not embedded again; queries pass
+    False (their texts are not worth keeping)."""
+    from mmrag.models.embedders import TextEmbedder
+
+    s = settings
+    if s.text_embed_backend == "openai":
+        url = text_embed_url(s, llm)
+        if not url:
+            raise ValueError("MMRAG_TEXT_EMBED_BACKEND=openai needs a server: set MMRAG_TEXT_EMBED_URL or MMRAG_LLM_URL")
+        api_key = s.text_embed_api_key or s.llm_api_key
+        key = ("openai", url, s.text_embed_model, api_key, s.llm_timeout_s, s.llm_retries)
+        with _guard:
+            inner = _embedders.get(key)
+            if inner is None:
+                from mmrag.models.llm import LLMClient
+
+                server = LLMClient(url, s.text_embed_model, api_key=api_key, concurrency=s.llm_concurrency,
+                                   timeout_s=s.llm_timeout_s, retries=s.llm_retries)
+                inner = _embedders[key] = TextEmbedder(s.text_embed_model, "openai", remote_embed=lambda t: server.embed(
+                    t, s.text_embed_model))
+        space = f"openai:{url.rstrip('/')}:{s.text_embed_model}"
+    elif s.text_embed_backend == "sentence-transformers":
+        with _guard:
+            inner = _embedders.get(("st", s.text_embed_model))
+            if inner is None:
+                inner = _embedders[("st", s.text_embed_model)] = TextEmbedder(s.text_embed_model)
+        space = f"st:{s.text_embed_model}"
+    else:
+        raise ValueError(f"unknown text embedding backend {s.text_embed_backend!r}: sentence-transformers or openai")
+    if not cached:
+        return inner
+    from mmrag.models.vector_cache import CachedTextEmbedder, VectorCache
+
+    return CachedTextEmbedder(inner, VectorCache(s.cache_dir / "vectors.sqlite"), space)
+
+
+def image_embedder(settings: Settings, *, cached: bool = True):
+    """CLIP (open_clip): image and text towers. Off, with the reason, when its weights cannot be
+    loaded or `clip_pretrained="off"`; `cached`: pictures behind the vector cache, keyed by their bytes."""
+    from mmrag.models.embedders import ImageEmbedder
+
+    s = settings
+    key = ("clip", s.clip_model, s.clip_pretrained, str(s.cache_dir))
+    with _guard:
+        inner = _embedders.get(key)
+        if inner is None:
+            inner = _embedders[key] = ImageEmbedder(s.clip_model, s.clip_pretrained, cache_dir=Path(s.cache_dir))
+    if not cached or not inner.enabled:
+        return inner
+    from mmrag.models.vector_cache import CachedImageEmbedder, VectorCache
+
+    return CachedImageEmbedder(inner, VectorCache(s.cache_dir / "vectors.sqlite"), f"clip:{s.clip_model}/{s.clip_pretrained}")
+
+
+# -- stores ----------------------------------------------------------------------------------------
+def manifest(settings: Settings) -> "Manifest":
+    from mmrag.manifest import Manifest
+
+    return Manifest(settings.state_path)
+
+
+def milvus_store(settings: Settings) -> "MilvusStore":
+    """The Milvus store of the index: Milvus Lite under the data dir, or the server of MMRAG_MILVUS_URI
+    (also the Lite server `mmrag up` runs on the data dir). One client per URI per process."""
+    from mmrag.index.milvus_store import MilvusStore
+
+    if settings.is_milvus_lite:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return MilvusStore(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_db, settings.collection_prefix)
+
+
+def milvus_index(settings: Settings, text_dim: int, image_dim: int | None) -> "MilvusStore":
+    """`milvus_store` with its collections and indexes created (idempotent, once per process)."""
+    store = milvus_store(settings)
+    key = (store.uri, store.prefix, text_dim, image_dim)
+    if key not in _ensured:
+        store.ensure_collections(text_dim, image_dim)
+        _ensured.add(key)
+    return store
+
+
+def graph_store(settings: Settings, *, text_embedder: Any, llm: Any, manifest: "Manifest",
+                working_dir: str | Path | None = None, namespace: str | None = None) -> "GraphStore":
+    """The process's GraphStore of this configuration, built once (LightRAG and its Milvus collections
+    open on first use); later calls rebind the embedder, the LLM and the manifest. `working_dir`:
+    default the data dir's `lightrag/`; `namespace`: LightRAG's workspace, default
+    "{collection prefix}_graph" (its Milvus collections are `{namespace}_entities`, ...)."""
+    from mmrag.graph.lightrag_adapter import workspace_name
+    from mmrag.graph.store import GraphStore
+
+    s = settings
+    wd = str(Path(working_dir or s.graph_dir).expanduser().resolve())
+    ns = namespace or f"{s.collection_prefix}_graph"
+    uri = s.resolved_milvus_uri
+    dim = text_embedder.dim
+    key = (wd, ns, uri, s.milvus_token, s.milvus_db, s.graph_gleaning, s.graph_unit_tokens, s.llm_concurrency, dim)
+    with _guard:
+        store = _graphs.get(key)
+        if store is None:
+            for old_key, old in list(_graphs.items()):  # LightRAG allows one live store per workspace
+                if old.workspace == workspace_name(ns):
+                    old.close()
+                    del _graphs[old_key]
+            if is_lite_uri(uri):
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            store = _graphs[key] = GraphStore(
+                Path(wd), uri, s.milvus_token, s.milvus_db, embed_fn=text_embedder.embed, embed_dim=dim, llm=llm,
+                manifest=manifest, namespace=ns, unit_tokens=s.graph_unit_tokens,
+                lightrag_kwargs={"entity_extract_max_gleaning": s.graph_gleaning,
+                                 "llm_model_max_async": max(1, s.llm_concurrency)})
+        else:
+            store.rebind(text_embedder.embed, llm, manifest)
+        return store
+
+
+def close_graph_stores() -> None:
+    """Close every GraphStore of this process (tests, or a clean shutdown)."""
+    with _guard:
+        for store in _graphs.values():
+            store.close()
+        _graphs.clear()

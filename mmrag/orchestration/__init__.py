@@ -1,0 +1,1 @@
+"""Dagster-side bookkeeping without assets: the instance file, dead runs and pool waits, run planning."""

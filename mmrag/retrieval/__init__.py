@@ -1,0 +1,1 @@
+"""Reading the index: retrieval, answers, evaluation."""

@@ -1,0 +1,71 @@
+"""Discovery files under MMRAG_HOME: where this data dir's services listen while they run.
+
+- `api.json`: the query API (`mmrag api`, also under `mmrag up`); `mmrag query` sends its questions
+  there instead of loading the models itself.
+- `milvus-server.json`: the Milvus Lite server that `mmrag up` runs on the data dir; every other
+  process (`mmrag ingest`, `query`, `gc`, the runs) connects to it instead of opening the locked data
+  dir (`Settings.from_env`).
+
+Each file names its owner process (`mmrag.orchestration.runs.owner_tags`: host, pid, start time); a
+file whose owner is gone is ignored, so a killed service leaves nothing that misleads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from mmrag.files import write_atomic
+
+API = "api.json"
+MILVUS = "milvus-server.json"
+
+
+def announce(home: Path, name: str, info: dict, pid: int | None = None) -> Path:
+    """Write `info` (plus when, and the owner process `pid`, default this one) to `home`/`name`."""
+    from mmrag.orchestration.runs import owner_tags
+
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    return write_atomic(home / name, json.dumps({**info, "started": time.time(), **owner_tags(pid)}))
+
+
+def lookup(home: Path, name: str) -> dict | None:
+    """What `home`/`name` says, if it is there and its owner process is alive."""
+    from mmrag.orchestration.runs import owner_alive
+
+    try:
+        info = json.loads((Path(home) / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and owner_alive(info) else None
+
+
+def withdraw(home: Path, name: str, pid: int | None = None) -> None:
+    """Remove `home`/`name` if process `pid` (default: this one) wrote it; any owner with pid=0."""
+    from mmrag.orchestration.runs import PID_TAG
+
+    path = Path(home) / name
+    try:
+        if pid == 0 or json.loads(path.read_text()).get(PID_TAG) == str(os.getpid() if pid is None else pid):
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def served_lite_uri(home: Path) -> str:
+    """The URI of the Milvus Lite server `mmrag up` runs on this data dir, or "" when none runs."""
+    info = lookup(home, MILVUS)
+    return info.get("uri", "") if info else ""
+
+
+def running_api(home: Path) -> str | None:
+    """The URL of this data dir's query API: MMRAG_API_URL, else the one that announced itself and
+    whose process is alive; None when there is none."""
+    url = os.environ.get("MMRAG_API_URL", "").strip()
+    if url:
+        return url.rstrip("/")
+    info = lookup(home, API)
+    return info.get("url") if info else None

@@ -1,0 +1,142 @@
+"""What a query server holds and answers, without HTTP: models, the Milvus client and the graph,
+loaded once per process and shared by every request; the JSON of `mmrag query --json` and
+`mmrag status --json`. The CLI uses the same functions in-process when no server is up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmrag.config import Settings
+from mmrag.models import factory
+from mmrag.serve.access import OPEN, Scope
+
+
+class QueryError(ValueError):
+    """A request the index cannot serve as asked (bad mode, top_k, modality...): a 4xx."""
+
+
+MAX_TOP_K = 100
+MAX_QUESTION_CHARS = 4000
+
+
+def check_request(question: str, top_k: int, mode: str, modalities) -> None:
+    """The checks every path applies before it searches (CLI, API, chat page)."""
+    from mmrag.retrieval.query import MODALITIES, MODES
+
+    if not isinstance(question, str) or not question.strip():
+        raise QueryError("question must be a non-empty string")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QueryError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise QueryError(f"top_k must be an integer from 1 to {MAX_TOP_K}")
+    if mode not in MODES:
+        raise QueryError(f"mode must be one of {', '.join(MODES)}")
+    bad = [m for m in modalities or [] if m not in MODALITIES]
+    if bad:
+        raise QueryError(f"unknown modality {bad[0]!r}: one of {', '.join(MODALITIES)}")
+
+
+@dataclass
+class Turn:
+    """One question's result: what was retrieved and, when asked for, the answer."""
+
+    hits: list[dict]
+    graph_context: str
+    mode: str
+    answer: Any = None  # mmrag.retrieval.answer.Answer, or None when no answer was asked for
+    timings_ms: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The object `mmrag query --json` prints (and `POST /v1/query` returns)."""
+        a = self.answer
+        return {"hits": self.hits, "answer": a.text if a else None, "citations": a.citations if a else [],
+                "answer_status": a.status if a else None, "model": a.model if a else None,
+                "mode": self.mode, "graph_context": self.graph_context}
+
+
+class QueryService:
+    """Everything a query needs, built by `mmrag.models.factory` on first use and kept: one per
+    server process (the API, the chat page) or per CLI query."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+
+    # -- what it holds (the factory builds each once per process) -------------------------------
+    def text_embedder(self):
+        """The index's text embedder, uncached (questions are not worth keeping): the same model,
+        backend and server as the ingest's."""
+        emb = factory.text_embedder(self.settings, cached=False)
+        emb.dim  # noqa: B018 - load (or reach) the model now
+        return emb
+
+    def image_embedder(self):
+        emb = factory.image_embedder(self.settings, cached=False)
+        emb.enabled  # noqa: B018 - load CLIP (or note why not) now
+        return emb
+
+    def store(self):
+        return factory.milvus_store(self.settings)
+
+    def llm(self):
+        return factory.llm_client(self.settings)
+
+    def graph(self):
+        return factory.graph_store(self.settings, text_embedder=self.text_embedder(), llm=self.llm(),
+                                   manifest=factory.manifest(self.settings))
+
+    def warm_up(self) -> None:
+        self.text_embedder()
+        self.image_embedder()
+        self.store()
+
+    # -- requests --------------------------------------------------------------------------------
+    def ask(self, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
+            modalities=None, answer: bool = False, images: bool = True, scope: Scope = OPEN) -> Turn:
+        """Check the request, retrieve, and answer when asked. `scope`: the sources the caller may
+        read (`Forbidden` for a source or file outside it; no source named = every source in it)."""
+        from mmrag.retrieval.answer import answer as write_answer
+        from mmrag.retrieval.query import retrieve
+
+        check_request(question, top_k, mode, modalities)
+        sources = scope.sources_for(sources, files)
+        res = retrieve(self.settings, question, top_k=top_k, mode=mode, sources=sources or None,
+                       files=files or None, modalities=modalities or None, with_images=images,
+                       text_embedder=self.text_embedder(), image_embedder=self.image_embedder() if images else None,
+                       store=self.store(), graph=self.graph() if mode != "naive" else None)
+        ans = write_answer(question, res["hits"], self.llm(), graph_context=res["graph_context"]) if answer else None
+        return Turn(res["hits"], res["graph_context"], mode, ans, res.get("timings_ms", {}))
+
+    def query(self, question: str, **kw) -> dict:
+        """The object `mmrag query --json` prints: `ask` as JSON."""
+        return self.ask(question, **kw).to_json()
+
+
+def status_json(settings: Settings, scope: Scope = OPEN) -> dict:
+    """The object `mmrag status --json` prints: per source its files, rows, stale and deleted files;
+    only the sources `scope` may read."""
+    from mmrag.manifest import Manifest
+    from mmrag.sources.sync import plan_sync, scan_root
+
+    manifest = Manifest(settings.state_path)
+    fp = settings.fingerprint()
+    sources = {}
+    for name, root in manifest.sources().items():
+        if not scope.allows(name):
+            continue
+        recs = manifest.all(name)
+        scan = scan_root(root, name)
+        plan = plan_sync(scan, {r.file_key: r for r in recs}, {r.file_key for r in recs}, fingerprint=fp)
+        sources[name] = {
+            "root": root, "root_error": scan.error,
+            "files": [{"path": r.rel_path, "status": r.status, "reason": r.reason, "text_rows": r.text_rows,
+                       "image_rows": r.image_rows, "parser": r.parser,
+                       # failed/partial: "content" waits for new bytes or config, "transient" is retried
+                       "failure_kind": r.failure_kind if r.status in ("failed", "partial") else None,
+                       "attempts": r.attempts, "retry_at": r.retry_at} for r in recs],
+            "text_rows": sum(r.text_rows for r in recs), "image_rows": sum(r.image_rows for r in recs),
+            "stale": sorted(k.partition(":")[2] for k in plan.changed + plan.stale + plan.new),
+            "deleted": sorted(k.partition(":")[2] for k in plan.deleted),
+        }
+    return {"fingerprint": fp, "sources": sources}
