@@ -4,11 +4,12 @@ One SQLite file under the data dir. It records per file the content hash, the co
 it was indexed with, its outcome, its row counts and its graph contributions. Staleness,
 `mmrag status` and clean-up read it; it needs no Dagster.
 
-Statuses: `pending` (registered, never run), `indexing` (its Milvus rows are written, its graph
-step has not committed: stale until it does), `indexed`, `partial` (indexed, some descriptions
-extractive after model errors), `skipped`, `failed`. A failure has a kind: `content` (tied to the
-file's bytes: redone only when they or the config fingerprint change) or `transient` (model server
-down, timeouts: retried across syncs with backoff, `retry_at`).
+Statuses (`Status`): `pending` (registered, never run), `indexing` (its Milvus rows are written, its
+graph step has not committed: stale until it does), `indexed`, `partial` (indexed, some descriptions
+extractive after model errors), `skipped`, `failed`. A failure has a kind (`FailureKind`): `content`
+(tied to the file's bytes: redone only when they or the config fingerprint change) or `transient`
+(model server down, timeouts: retried across syncs with backoff, `retry_at`). `record_outcome` is the
+one rule that turns an attempt into these fields.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mmrag.redact import scrub
 
@@ -69,8 +71,28 @@ CREATE INDEX IF NOT EXISTS graph_refs_ref ON graph_refs(kind, ref);
 # Columns added after the first release: ALTERed into older manifests when they are opened.
 _ADDED_COLUMNS = {"failure_kind": "TEXT", "attempts": "INTEGER DEFAULT 0", "retry_at": "REAL"}
 
-CONTENT, TRANSIENT = "content", "transient"  # failure kinds
-DONE = ("indexed", "partial", "skipped", "failed")  # statuses a finished run leaves
+
+
+class Status(StrEnum):
+    """A file's state in the index (stored as its value)."""
+
+    PENDING = "pending"  # registered, never run
+    INDEXING = "indexing"  # Milvus rows written, the graph step has not committed: stale until it does
+    INDEXED = "indexed"
+    PARTIAL = "partial"  # indexed, some descriptions extractive after model errors (retried)
+    SKIPPED = "skipped"  # not a document (empty, unknown type, a sidecar): the reason says why
+    FAILED = "failed"
+
+
+class FailureKind(StrEnum):
+    CONTENT = "content"  # tied to the file's bytes: redone when they or the config fingerprint change
+    TRANSIENT = "transient"  # model server down, timeouts: retried across syncs with backoff
+
+
+CONTENT, TRANSIENT = FailureKind.CONTENT, FailureKind.TRANSIENT
+DONE = (Status.INDEXED, Status.PARTIAL, Status.SKIPPED, Status.FAILED)  # statuses a finished run leaves
+IN_INDEX = (Status.INDEXED, Status.PARTIAL)  # the file's rows and graph contributions are there
+RETRIED = (Status.FAILED, Status.PARTIAL)  # outcomes that may ask for another attempt (`failure_kind`)
 
 FILE_COLUMNS = (
     "file_key source root rel_path content_hash size mtime mime status reason fingerprint parser "
@@ -88,7 +110,7 @@ class FileRecord:
     size: int | None = None
     mtime: float | None = None
     mime: str | None = None
-    status: str = "pending"
+    status: str = Status.PENDING
     reason: str | None = None
     fingerprint: str | None = None
     parser: str | None = None
@@ -98,6 +120,59 @@ class FileRecord:
     failure_kind: str | None = None
     attempts: int = 0
     retry_at: float | None = None
+
+    def transient_streak(self, content_hash: str | None) -> int:
+        """Transient failures in a row on this content before now (0 after anything else)."""
+        if self.failure_kind == TRANSIENT and self.content_hash == content_hash:
+            return self.attempts or 0
+        return 0
+
+    def record(self, outcome: "Outcome") -> "FileRecord":
+        """Take `outcome`'s status, failure kind and retry (and its reason, when it has one)."""
+        for k, v in outcome.fields().items():
+            setattr(self, k, v)
+        return self
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt at a file came to, as the manifest records it: `record_outcome` builds it."""
+
+    status: Status
+    reason: str | None = None
+    failure_kind: FailureKind | None = None
+    attempts: int = 0  # transient failures in a row on this content (the retry backoff doubles with each)
+    retry_at: float | None = None
+
+    def fields(self) -> dict:
+        """The manifest columns it sets (the reason only when it has one: an indexed file keeps its notes)."""
+        out = {"status": self.status, "failure_kind": self.failure_kind, "attempts": self.attempts,
+               "retry_at": self.retry_at}
+        if self.reason is not None:
+            out["reason"] = self.reason[:2000]
+        return out
+
+
+def record_outcome(status: Status | str, reason: str | None = None, *, kind: FailureKind | str | None = None,
+                   prior: int = 0, now: float | None = None,
+                   backoff: Callable[[int, float], float] | None = None) -> Outcome:
+    """The one rule for a file's outcome. A failure has a kind (`content` by default); a transient
+    failure, and a `partial` file (a transient failure of its descriptions), count `prior` + 1
+    attempts in a row and get their next try from `backoff(attempts, now)` (`Settings.retry_at`).
+    Indexed and skipped files reset the count."""
+    status = Status(status)
+    if status == Status.PARTIAL:
+        kind = TRANSIENT
+    elif status == Status.FAILED:
+        kind = FailureKind(kind or CONTENT)
+    else:
+        return Outcome(status, reason)
+    attempts = prior + 1
+    retry_at = None
+    if kind == TRANSIENT:
+        now = time.time() if now is None else now
+        retry_at = backoff(attempts, now) if backoff else now
+    return Outcome(status, reason, kind, attempts, retry_at)
 
 
 class Manifest:

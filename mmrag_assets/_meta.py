@@ -4,11 +4,12 @@
 from dagster import MetadataValue
 
 from mmrag.index.stages import FileOutcome
+from mmrag.manifest import Status
 
 
 def outcome_counts(values: dict) -> dict:
-    skipped = sum(1 for v in values.values() if isinstance(v, FileOutcome) and v.status == "skipped")
-    failed = sum(1 for v in values.values() if isinstance(v, FileOutcome) and v.status == "failed")
+    skipped = sum(1 for v in values.values() if isinstance(v, FileOutcome) and v.status == Status.SKIPPED)
+    failed = sum(1 for v in values.values() if isinstance(v, FileOutcome) and v.status == Status.FAILED)
     return {"files": len(values), "ok": len(values) - skipped - failed, "skipped": skipped, "failed": failed}
 
 

@@ -3,6 +3,7 @@
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
+from mmrag.orchestration.planner import LITE_WRITER_TAG
 from mmrag_assets.embeddings import embeddings
 from mmrag_assets.lightrag_graph import lightrag_graph
 from mmrag_assets.milvus_partitions import milvus_partitions
@@ -20,9 +21,6 @@ ingest_job = define_asset_job(
     "ingest_job", selection=AssetSelection.assets(*ASSETS), partitions_def=source_files,
     executor_def=in_process_executor, description="Index a range of source files through every stage.",
 )
-
-# Runs that write a Milvus Lite index carry this tag; dagster.yaml lets one such run at a time.
-LITE_WRITER_TAG = {"mmrag/index-writer": "milvus-lite"}
 
 # The evaluation reads the index; with Milvus Lite, reading also takes the data dir's lock.
 eval_job = define_asset_job(

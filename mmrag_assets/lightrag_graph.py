@@ -13,8 +13,8 @@ import time
 
 from dagster import AssetExecutionContext, asset
 
-from mmrag.index.stages import FileOutcome
-from mmrag.manifest import TRANSIENT
+from mmrag.index.stages import FileOutcome, WrittenFile
+from mmrag.manifest import TRANSIENT, Status, record_outcome
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import resolved
@@ -27,7 +27,7 @@ from mmrag_resources.llm import LLMResource
 @asset(partitions_def=source_files, io_manager_key="stage_store", group_name="index", kinds={"networkx"},
        pool="mmrag_index",
        description="The file's entities, relations and chunks in LightRAG (graph on disk, vectors in Milvus).")
-def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_partitions: dict,
+def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_partitions: dict[str, WrittenFile],
                    lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
                    data_dir: DataDirResource) -> dict:
     client = llm.client()
@@ -35,12 +35,14 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     manifest = data_dir.manifest()
     graph = lightrag.store(text, client, manifest)
     out, rows, batch, known = {}, [], [], {}
+    written: dict[str, WrittenFile] = {}
     for key in context.partition_keys:
-        emb = embeddings[key]
-        if isinstance(emb, FileOutcome) or milvus_partitions[key].get("status") != "indexed":
+        emb, w = embeddings[key], milvus_partitions[key]
+        if isinstance(emb, FileOutcome) or not isinstance(w, WrittenFile) or not w.written:
             out[key] = {"status": "not indexed"}
             rows.append((key, "unchanged", "not indexed by this run; its earlier graph contributions are kept"))
         else:
+            written[key] = w
             batch.append((key, emb.doc, emb.chunks))
             known.update(zip((c.text for c in emb.chunks), emb.text_vectors))
     settings = resolved()
@@ -50,23 +52,22 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         fields, now = {}, time.time()
         for key, result in done.items():
             if isinstance(result, Exception):  # model server faults, garbage replies: retried later
-                attempts = milvus_partitions[key].get("transient_attempts", 0) + 1
-                fields[key] = {"status": "failed", "reason": f"graph: {type(result).__name__}: {result}"[:2000],
-                               "failure_kind": TRANSIENT, "attempts": attempts,
-                               "retry_at": settings.retry_at(attempts, now)}
+                outcome = record_outcome(Status.FAILED, f"graph: {type(result).__name__}: {result}", kind=TRANSIENT,
+                                         prior=written[key].prior_transient, now=now, backoff=settings.retry_at)
             else:
-                fields[key] = milvus_partitions[key].get("commit") or {"status": "indexed"}
+                outcome = written[key].outcome
+            fields[key] = outcome.fields()
         return fields
 
     for key, result in graph.index_files(batch, known_vectors=known, on_commit=statuses).items():
         if isinstance(result, Exception):  # one file's graph failure does not stop the others
             reason = f"graph: {type(result).__name__}: {result}"
             context.log.error(f"{key}: {reason}")
-            out[key] = {"status": "failed", "reason": reason}
-            rows.append((key, "failed", reason))
+            out[key] = {"status": Status.FAILED, "reason": reason}
+            rows.append((key, Status.FAILED, reason))
         else:
-            out[key] = {"status": "indexed", **result}
-            rows.append((key, "indexed", ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("nodes", "edges"))))
+            out[key] = {"status": Status.INDEXED, **result}
+            rows.append((key, Status.INDEXED, ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("nodes", "edges"))))
     nodes, edges = graph.stats()
     context.add_output_metadata({**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
                                  "mode": "llm extraction" if client else "structural (no LLM)",

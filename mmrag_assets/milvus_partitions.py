@@ -6,7 +6,7 @@ skipped or failed keeps whatever rows it had: bad input never costs what is alre
 
 A file whose rows are written is recorded as `indexing`, not `indexed`: it counts as indexed only
 when the graph step has committed its contributions too (`lightrag_graph` writes the final status,
-carried here in the output as `commit`). A run that dies in between leaves the file stale.
+handed on as the output's `WrittenFile.outcome`). A run that dies in between leaves the file stale.
 """
 
 import time
@@ -15,8 +15,8 @@ from dagster import AssetExecutionContext, asset
 
 from mmrag.faults import crash_point
 from mmrag.index.milvus_store import IMAGE, TEXT
-from mmrag.index.stages import DEGRADED, FileOutcome, milvus_rows
-from mmrag.manifest import CONTENT, TRANSIENT, FileRecord
+from mmrag.index.stages import DEGRADED, FileOutcome, WrittenFile, milvus_rows
+from mmrag.manifest import FileRecord, Status, record_outcome
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import pipeline_settings
@@ -47,40 +47,36 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         source, _, rel = key.partition(":")
         rec = manifest.get(key) or FileRecord(key, source, roots.get(source, ""), rel)
         if isinstance(emb, FileOutcome):
-            kind = getattr(emb, "failure_kind", CONTENT) if emb.status == "failed" else None
-            again = rec.status == "failed" and rec.failure_kind == TRANSIENT and rec.content_hash == emb.content_hash
-            rec.status, rec.reason, rec.failure_kind = emb.status, emb.reason, kind
-            rec.attempts = rec.attempts + 1 if again else 1
-            rec.retry_at = settings.retry_at(rec.attempts, now) if kind == TRANSIENT else None
+            outcome = record_outcome(emb.status, emb.reason, kind=emb.failure_kind, now=now, backoff=settings.retry_at,
+                                     prior=rec.transient_streak(emb.content_hash))
+            rec.record(outcome)
             rec.content_hash, rec.size, rec.mtime = emb.content_hash, emb.size, emb.mtime
             rec.fingerprint = fingerprint
             manifest.upsert(rec)
-            out[key] = {"status": emb.status, "reason": emb.reason}
+            out[key] = WrittenFile(False, outcome)
             rows.append((key, emb.status, emb.reason + (f" (kept {rec.text_rows} existing rows)" if rec.text_rows else "")))
             continue
         text_rows, image_rows = milvus_rows(emb)
         t = store.replace_file(TEXT, key, text_rows)
         i = store.replace_file(IMAGE, key, image_rows) if store.has(IMAGE) else {"upserted": 0, "deleted": 0}
         raw = emb.raw
-        same = rec.content_hash == raw.content_hash
         rec.root = raw.root
+        # partial = indexed with extractive descriptions after model errors: a transient failure
+        # too, retried with the backoff that doubles with each one in a row on this content
         degraded = any(w.startswith(DEGRADED) for w in emb.doc.warnings)
-        # Transient failures in a row on this content (backoff doubles with each); partial = indexed
-        # with extractive descriptions after model errors, a transient failure too.
-        prev = rec.attempts if same and rec.failure_kind == TRANSIENT else 0
-        attempts = prev + 1 if degraded else 0
-        commit = {"status": "partial" if degraded else "indexed", "failure_kind": TRANSIENT if degraded else None,
-                  "attempts": attempts, "retry_at": settings.retry_at(attempts, now) if degraded else None}
+        prior = rec.transient_streak(raw.content_hash)
+        commit = record_outcome(Status.PARTIAL if degraded else Status.INDEXED, prior=prior, now=now,
+                                backoff=settings.retry_at)
         rec.content_hash, rec.size, rec.mtime, rec.mime = raw.content_hash, raw.size, raw.mtime, emb.doc.mime
-        rec.status = "indexing"  # until the graph step commits
+        rec.status = Status.INDEXING  # until the graph step commits
         rec.reason = "; ".join(emb.notes + emb.doc.warnings)[:2000] or None
         rec.fingerprint, rec.parser = fingerprint, f"{emb.doc.parser} {emb.doc.parser_version}"
         rec.text_rows, rec.image_rows = len(text_rows), len(image_rows)
         manifest.upsert(rec)
         crash_point("milvus")
-        out[key] = {"status": "indexed", "commit": commit, "transient_attempts": prev, "text_rows": len(text_rows), "image_rows": len(image_rows)}
-        rows.append((key, commit["status"], f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
-                                     f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
+        out[key] = WrittenFile(True, commit, prior, len(text_rows), len(image_rows))
+        rows.append((key, commit.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
+                                         f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
     store.flush()
     context.add_output_metadata({
         **outcome_counts(embeddings), "uri": store.uri if not milvus.is_lite else f"Milvus Lite: {store.uri}",

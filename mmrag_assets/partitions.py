@@ -2,4 +2,6 @@
 
 from dagster import DynamicPartitionsDefinition
 
-source_files = DynamicPartitionsDefinition(name="source_files")
+from mmrag.orchestration.planner import PARTITIONS
+
+source_files = DynamicPartitionsDefinition(name=PARTITIONS)

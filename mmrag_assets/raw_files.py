@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, asset
 
 from mmrag.ids import split_file_key
 from mmrag.index.stages import FileOutcome, RawFile, snapshot_file
+from mmrag.manifest import Status
 from mmrag_assets._meta import files_table, outcome_counts, outcome_row
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
@@ -21,7 +22,7 @@ def raw_files(context: AssetExecutionContext, data_dir: DataDirResource) -> dict
     for key in context.partition_keys:
         source, rel = split_file_key(key)
         if source not in roots:
-            out[key] = FileOutcome(key, "failed", f"source {source!r} is not registered (run `mmrag ingest ROOT --source {source}`)")
+            out[key] = FileOutcome(key, Status.FAILED, f"source {source!r} is not registered (run `mmrag ingest ROOT --source {source}`)")
         else:
             out[key] = snapshot_file(key, source, roots[source], rel, blobs)
         v = out[key]

@@ -9,9 +9,23 @@ one process at a time.
 import os
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
-from mmrag.retrieval.evaluation import KS, evaluate, load_samples, plot_recall, recall_table
+from mmrag.manifest import IN_INDEX
+from mmrag.retrieval.evaluation import (
+    KS,
+    evaluate,
+    load_samples,
+    plot_recall,
+    recall_table,
+)
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import TextEmbedderResource
 from mmrag_resources.llm import LLMResource
@@ -35,7 +49,7 @@ def retrieval_eval(context: AssetExecutionContext, config: EvalConfig, data_dir:
         raise Failure(f"eval_dir {str(folder)!r} has no samples.jsonl: set the asset's eval_dir config or MMRAG_EVAL_DIR")
     source = config.source or f"eval-{folder.resolve().name}"
     wanted = {f"{source}:{s.doc_id}" for s in load_samples(folder)}
-    indexed = {r.file_key for r in data_dir.manifest().all(source) if r.status in ("indexed", "partial")}
+    indexed = {r.file_key for r in data_dir.manifest().all(source) if r.status in IN_INDEX}
     if missing := sorted(wanted - indexed):
         raise Failure(f"{len(missing)} of {len(wanted)} documents are not indexed under source {source!r} "
                       f"(first: {missing[0]}): run `mmrag eval {folder}` or `mmrag ingest {folder / 'documents'} "

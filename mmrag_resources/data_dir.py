@@ -23,7 +23,11 @@ class DataDirResource(ConfigurableResource):
         process's stacks to `<home>/logs/stacks-<pid>.txt`. The process skips its exit-time garbage
         collection (`mmrag.orchestration.runs.skip_exit_collection`)."""
         if context.instance is not None and context.run_id:
-            from mmrag.orchestration.runs import enable_stack_dumps, skip_exit_collection, tag_current_run
+            from mmrag.orchestration.runs import (
+                enable_stack_dumps,
+                skip_exit_collection,
+                tag_current_run,
+            )
 
             tag_current_run(context.instance, context.run_id)
             enable_stack_dumps(self.settings().home / "logs")

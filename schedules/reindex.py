@@ -10,11 +10,9 @@ Unchanged files are not touched, so a no-change day costs one scan.
 
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from mmrag.orchestration.planner import contiguous_ranges, range_tags
-from mmrag.orchestration.runs import reap_dead_runs
-from mmrag.sources.sync import plan_sync, scan_root
-from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
-from mmrag_assets.partitions import source_files
+from mmrag.orchestration.planner import Survey, ingest_runs, survey
+from mmrag.sources.sync import scan_root
+from mmrag_assets.jobs import ingest_job
 from mmrag_resources._settings import pipeline_settings
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
@@ -25,14 +23,9 @@ from mmrag_resources.whisper import WhisperResource
 from schedules.watch import schedule_status, watched_roots
 
 
-def stale_partitions(instance, manifest, roots: dict, fingerprint: str) -> list[str]:
-    partitions = set(instance.get_dynamic_partitions(source_files.name))
-    records = {r.file_key: r for r in manifest.all()}
-    stale = []
-    for source, root in sorted(roots.items()):
-        plan = plan_sync(scan_root(root, source), records, partitions, fingerprint=fingerprint)
-        stale += [k for k in plan.changed + plan.stale if k in partitions]
-    return stale
+def stale_partitions(found: Survey) -> list[str]:
+    """The files of the survey to re-index: content or config changed, or a retry is due."""
+    return [k for _, plan in found.plans for k in plan.changed + plan.stale if k in found.partitions]
 
 
 @schedule(name="reindex_schedule", cron_schedule="0 3 * * *", job=ingest_job, default_status=schedule_status(),
@@ -41,13 +34,12 @@ def reindex_schedule(context: ScheduleEvaluationContext, data_dir: DataDirResour
                      parsers: ParserResource, llm: LLMResource, text_embedder: TextEmbedderResource,
                      image_embedder: ImageEmbedderResource, whisper: WhisperResource):
     manifest = data_dir.manifest()
-    reap_dead_runs(context.instance, context.log.warning)
+    roots = watched_roots(manifest)
     fingerprint = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper).fingerprint()
-    stale = stale_partitions(context.instance, manifest, watched_roots(manifest), fingerprint)
+    found = survey(context.instance, manifest, [scan_root(root, source) for source, root in sorted(roots.items())],
+                   fingerprint=fingerprint, log=context.log.warning)
+    stale = stale_partitions(found)
     if not stale:
         return SkipReason("nothing stale")
-    ordered = context.instance.get_dynamic_partitions(source_files.name)
-    tags = dict(LITE_WRITER_TAG) if milvus.is_lite else {}
-    return [RunRequest(run_key=f"reindex-{context.scheduled_execution_time}-{start}-{end}",
-                       tags={**tags, **range_tags(start, end)})
-            for start, end in contiguous_ranges(stale, ordered)]
+    return [RunRequest(run_key=f"reindex-{context.scheduled_execution_time}-{run.keys[0]}-{run.keys[-1]}", tags=run.tags)
+            for run in ingest_runs(stale, found.ordered, lite=milvus.is_lite)]

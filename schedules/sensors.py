@@ -27,12 +27,11 @@ from dagster import (
     sensor,
 )
 
-from mmrag.orchestration.planner import contiguous_ranges, range_tags
+from mmrag.orchestration.planner import cleanup_run, ingest_runs, survey
 from mmrag.orchestration.requests import RequestBook
-from mmrag.orchestration.runs import reap_dead_runs
-from mmrag.sources.sync import plan_sync, scan_root
+from mmrag.sources.sync import scan_root
 from mmrag_assets.cleanup import cleanup_job
-from mmrag_assets.jobs import LITE_WRITER_TAG, ingest_job
+from mmrag_assets.jobs import ingest_job
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.milvus import MilvusResource
@@ -68,26 +67,20 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
     roots = watched_roots(manifest)
     if not roots:
         return SkipReason("no folder is watched: run `mmrag ingest ROOT` once or set MMRAG_WATCH")
-    reaped = reap_dead_runs(context.instance, context.log.warning)
-    ordered = context.instance.get_dynamic_partitions(source_files.name)
-    partitions = set(ordered)
-    records = {r.file_key: r for r in manifest.all()}
     settings = data_dir.settings()
+    found = survey(context.instance, manifest, [scan_root(root, source) for source, root in sorted(roots.items())],
+                   log=context.log.warning)
     now = time.time()
-    book = RequestBook.from_cursor(context.cursor, partitions)
+    book = RequestBook.from_cursor(context.cursor, found.partitions)
     exists, ended = _runs_by_key(context.instance, book.run_keys())
-    for warning in book.settle(records, exists, ended, now, settings.retry_at, reaped=bool(reaped)):
+    for warning in book.settle(found.records, exists, ended, now, settings.retry_at, reaped=bool(found.reaped)):
         context.log.warning(warning)
 
     adds, deletes, to_run, notes = [], [], [], []
-    for source, root in sorted(roots.items()):
-        scan = scan_root(root, source)
+    for scan, plan in found.plans:
         if scan.error:
-            notes.append(f"{source}: {scan.error}; nothing deleted")
+            notes.append(f"{scan.source}: {scan.error}; nothing deleted")
             context.log.warning(notes[-1])
-        plan = plan_sync(scan, records, partitions)
-        for key, (size, mtime) in plan.touched.items():
-            manifest.update(key, size=size, mtime=mtime)
         for key in plan.new + plan.changed + plan.stale:  # stale here: transient failures due a retry
             stat = list(scan.files[key][1:])
             wait = book.wait_reason(key, stat, now)
@@ -101,28 +94,24 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
                 adds.append(key)
         deletes += [k for k in plan.deleted if k not in book.deleting]
 
-    tags = dict(LITE_WRITER_TAG) if milvus.is_lite else {}
     requests = []
     if deletes:
+        run = cleanup_run(deletes, lite=milvus.is_lite)
         cleanup_key = _run_key("cleanup", deletes, now)  # a retried deletion gets a new run
         book.deleting.update(dict.fromkeys(deletes, cleanup_key))
-        requests.append(RunRequest(
-            job_name=cleanup_job.name, run_key=cleanup_key, tags=tags,
-            run_config={"ops": {"remove_deleted_files": {"config": {"file_keys": deletes}}}},
-        ))
+        requests.append(RunRequest(job_name=run.job, run_key=cleanup_key, tags=run.tags, run_config=run.run_config))
     gone = set(deletes)
-    order_after = [k for k in ordered if k not in gone] + adds
-    for start, end in contiguous_ranges(to_run, order_after):
+    order_after = [k for k in found.ordered if k not in gone] + adds
+    for run in ingest_runs(to_run, order_after, lite=milvus.is_lite):
         # the request times are in the key: a file requested again (its run died, a retry is due)
         # gets a new run, not one Dagster would skip as already launched
-        keys = order_after[order_after.index(start): order_after.index(end) + 1]
-        run_key = _run_key("ingest", start, end, [book.requested[k][:3] for k in keys])
-        book.assign(keys, run_key)
-        requests.append(RunRequest(job_name=ingest_job.name, run_key=run_key, tags={**tags, **range_tags(start, end)}))
+        run_key = _run_key("ingest", run.keys[0], run.keys[-1], [book.requested[k][:3] for k in run.keys])
+        book.assign(run.keys, run_key)
+        requests.append(RunRequest(job_name=run.job, run_key=run_key, tags=run.tags))
     partition_requests = []
     if adds:
         partition_requests.append(AddDynamicPartitionsRequest(source_files.name, adds))
-    dropped = [k for k in deletes if k in partitions]
+    dropped = [k for k in deletes if k in found.partitions]
     if dropped:
         partition_requests.append(DeleteDynamicPartitionsRequest(source_files.name, dropped))
     new_cursor = book.to_cursor()

@@ -11,7 +11,13 @@ from openai_server import FakeOpenAIServer, Fault, image_parts, prompt_text
 from PIL import Image
 
 from mmrag.models.llm import LLMClient
-from mmrag.retrieval.answer import NO_MATCH, SENTINEL, answer, build_context, parse_citations
+from mmrag.retrieval.answer import (
+    NO_MATCH,
+    SENTINEL,
+    answer,
+    build_context,
+    parse_citations,
+)
 
 
 def client(server: FakeOpenAIServer, vlm_model: str = "fake-vlm", retries: int = 2) -> LLMClient:

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from crash_tools import dangling, diff, env_for, index_state, ingest_subprocess, new_home
+from crash_tools import (
+    dangling,
+    diff,
+    env_for,
+    index_state,
+    ingest_subprocess,
+    new_home,
+)
 from openai_server import FakeOpenAIServer, lightrag_aware
 from PIL import Image, ImageDraw
 

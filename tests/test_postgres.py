@@ -19,7 +19,12 @@ import test_orchestration as orch
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from mmrag.config import Settings
-from mmrag.orchestration.instance import MARKER, PG_URL_VAR, with_driver, write_instance_yaml
+from mmrag.orchestration.instance import (
+    MARKER,
+    PG_URL_VAR,
+    with_driver,
+    write_instance_yaml,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "pw-" + uuid.uuid4().hex[:12]  # in the URL only: must never reach a file

@@ -87,7 +87,9 @@ def test_a_reused_pid_is_not_mistaken_for_the_run(instance):
 
 def test_executor_waiting_for_a_slot_sleeps():
     """Dagster 1.13's in-process executor computes its next claim check as min(0, ...): it would spin."""
-    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+    from dagster._core.execution.plan.instance_concurrency_context import (
+        InstanceConcurrencyContext,
+    )
 
     from mmrag.orchestration.runs import patch_claim_polling
 

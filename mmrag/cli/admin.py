@@ -10,6 +10,7 @@ from pathlib import Path
 from mmrag.cli.common import EXIT_BAD_ROOT, EXIT_FAILED_FILES, progress, source_name
 from mmrag.cli.ingest import sync_folder
 from mmrag.config import Settings
+from mmrag.manifest import CONTENT, RETRIED, Status
 from mmrag.orchestration.instance import REPO_ROOT, ensure_dagster_home
 
 
@@ -70,7 +71,7 @@ def cmd_status(args) -> int:
         print(f"{name} ({s['root']}): {len(s['files'])} files, {s['text_rows']} text rows, {s['image_rows']} image rows")
         for f in s["files"]:
             print(f"  {_status_word(f):20s} {f['text_rows']:5d} {f['image_rows']:3d}  {f['path']}"
-                  + (f"  — {f['reason'][:100]}" if f["reason"] and f["status"] != "indexed" else ""))
+                  + (f"  — {f['reason'][:100]}" if f["reason"] and f["status"] != Status.INDEXED else ""))
         if s["stale"] or s["deleted"]:
             print(f"  stale: {', '.join(s['stale']) or '-'}; deleted: {', '.join(s['deleted']) or '-'}")
     return 0
@@ -80,9 +81,9 @@ def _status_word(f: dict) -> str:
     """`failed (content)`, `failed (retry 14:05)`, `partial (retry due)`, or the status itself."""
     import time
 
-    if f["status"] not in ("failed", "partial"):
+    if f["status"] not in RETRIED:
         return f["status"]
-    if f["failure_kind"] == "content":
+    if f["failure_kind"] == CONTENT:
         return f"{f['status']} (content)"
     at = f.get("retry_at")
     when = "due" if not at or at <= time.time() else time.strftime("%H:%M", time.localtime(at))

@@ -18,31 +18,28 @@ def _quiet_run_config() -> dict:
 
 def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None, retry_failed: bool = False):
     """Bring the index in line with `root`: clean-up run for deleted files, ingest runs (ranges of
-    partitions) for new, changed and stale ones. Returns (scan, run errors, files removed); the scan's
-    `error` is set (and nothing changed) when the root is missing or unreadable.
+    partitions) for new, changed and stale ones (`mmrag.orchestration.planner`). Returns (scan, run
+    errors, files removed); the scan's `error` is set (and nothing changed) when the root is missing
+    or unreadable.
 
     First, runs of this instance whose process died are marked failed and their pool slots freed;
     each run then starts once the index pool has a free slot (bounded wait, `MMRAG_SLOT_WAIT_S`)."""
-    from mmrag.orchestration.runs import reap_dead_runs
-    from mmrag.sources.sync import plan_sync, scan_root
+    from mmrag.manifest import Manifest
+    from mmrag.orchestration.planner import survey
+    from mmrag.sources.sync import scan_root
 
     scan = scan_root(root, source)
     if scan.error:
         return scan, [], 0
     instance = dagster_instance(settings)
-    reap_dead_runs(instance, say)
-
-    from mmrag.manifest import Manifest
-
     manifest = Manifest(settings.state_path)
     manifest.set_source(source, str(root))
-    records = {r.file_key: r for r in manifest.all(source)}
-    partitions = set(instance.get_dynamic_partitions("source_files"))
-    plan = plan_sync(scan, records, partitions, fingerprint=settings.fingerprint(), retry_failed=retry_failed)
+    found = survey(instance, manifest, [scan], fingerprint=settings.fingerprint(), retry_failed=retry_failed, log=say)
+    _, plan = found.plans[0]
     if plan.to_run:
         _start_parse_worker(settings, [scan.files[k][0] for k in plan.to_run])
     try:
-        return _apply_plan(settings, instance, scan, plan, partitions, manifest, say)
+        return (scan, *_run_plan(settings, instance, scan, plan, found.partitions, say))
     finally:
         from mmrag.parsing.worker import discard_spare
 
@@ -64,58 +61,50 @@ def _start_parse_worker(settings: Settings, rel_paths: list[str]) -> None:
         logging.getLogger(__name__).debug("no parse worker ahead of the run: %s", e)
 
 
-def _apply_plan(settings: Settings, instance, scan, plan, partitions: set[str], manifest, say):
-    """sync_folder's runs: the clean-up, then the ingest ranges."""
+def _run_plan(settings: Settings, instance, scan, plan, partitions: set[str], say) -> tuple[list, int]:
+    """sync_folder's runs, executed here one after the other: the clean-up, then the ingest ranges.
+    Returns (run errors as (keys, error), files removed)."""
     from mmrag.definitions import defs
-    from mmrag.orchestration.planner import contiguous_ranges, range_tags
+    from mmrag.orchestration.planner import (
+        PARTITIONS,
+        PlannedRun,
+        cleanup_run,
+        ingest_runs,
+    )
     from mmrag.orchestration.runs import owner_tags, wait_for_pool
 
-    for key, (size, mtime) in plan.touched.items():
-        manifest.update(key, size=size, mtime=mtime)
     say(f"{scan.source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
         f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
     run_errors: list[tuple[list[str], str]] = []
-    removed = 0
 
-    def pool_free(what: str) -> str | None:
-        """Wait for the index pool; the error, if it stayed busy."""
+    def execute(run: PlannedRun, what: str) -> bool:
+        """Wait for the index pool, then run it in this process; whether it succeeded."""
         try:
             wait_for_pool(instance, "mmrag_index", settings.slot_wait_s, say)
         except TimeoutError as e:
             say(f"  {what}: {e}")
-            return f"TimeoutError: {e}"
-        return None
-
-    if plan.deleted and (err := pool_free("clean-up")):
-        run_errors.append((plan.deleted, err))
-    elif plan.deleted:
-        job = defs.resolve_job_def("cleanup_job")
-        res = job.execute_in_process(
-            instance=instance, raise_on_error=False, tags={"mmrag/launched-by": "cli", **owner_tags()},
-            run_config={**_quiet_run_config(),
-                        "ops": {"remove_deleted_files": {"config": {"file_keys": plan.deleted}}}})
-        if res.success:
-            removed = len(plan.deleted)
-            for key in plan.deleted:
-                if key in partitions:
-                    instance.delete_dynamic_partition("source_files", key)
-        else:
-            run_errors.append((plan.deleted, _run_error(res)))
-    if plan.new:
-        instance.add_dynamic_partitions("source_files", plan.new)
-    ordered = instance.get_dynamic_partitions("source_files")
-    job = defs.resolve_job_def("ingest_job")
-    for start, end in contiguous_ranges(plan.to_run, ordered):
-        keys = ordered[ordered.index(start): ordered.index(end) + 1]
-        say(f"  indexing {len(keys)} files ({start} … {end})")
-        if err := pool_free("indexing"):
-            run_errors.append((keys, err))
-            continue
-        res = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_quiet_run_config(),
-                                     tags={**range_tags(start, end), "mmrag/launched-by": "cli", **owner_tags()})
+            run_errors.append((run.keys, f"TimeoutError: {e}"))
+            return False
+        res = defs.resolve_job_def(run.job).execute_in_process(
+            instance=instance, raise_on_error=False, run_config={**_quiet_run_config(), **run.run_config},
+            tags={**run.tags, "mmrag/launched-by": "cli", **owner_tags()})
         if not res.success:
-            run_errors.append((keys, _run_error(res)))
-    return scan, run_errors, removed
+            run_errors.append((run.keys, _run_error(res)))
+        return res.success
+
+    removed = 0
+    if plan.deleted and execute(cleanup_run(plan.deleted, lite=settings.is_milvus_lite), "clean-up"):
+        removed = len(plan.deleted)
+        for key in plan.deleted:
+            if key in partitions:
+                instance.delete_dynamic_partition(PARTITIONS, key)
+    if plan.new:
+        instance.add_dynamic_partitions(PARTITIONS, plan.new)
+    ordered = instance.get_dynamic_partitions(PARTITIONS)
+    for run in ingest_runs(plan.to_run, ordered, lite=settings.is_milvus_lite):
+        say(f"  indexing {len(run.keys)} files ({run.keys[0]} … {run.keys[-1]})")
+        execute(run, "indexing")
+    return run_errors, removed
 
 
 def cmd_ingest(args) -> int:
@@ -150,7 +139,7 @@ def _index_counts(settings: Settings) -> dict:
 
 
 def _report(args, settings, source, scan, run_errors, removed: int = 0) -> int:
-    from mmrag.manifest import Manifest
+    from mmrag.manifest import IN_INDEX, Manifest, Status
 
     manifest = Manifest(settings.state_path)
     recs = {r.file_key: r for r in manifest.all(source)}
@@ -162,9 +151,9 @@ def _report(args, settings, source, scan, run_errors, removed: int = 0) -> int:
             failed.append({"path": rel, "error": failed_by_run[key]})
         elif rec is None:
             failed.append({"path": rel, "error": "not indexed (no record)"})
-        elif rec.status in ("indexed", "partial"):  # partial: indexed, some descriptions extractive
+        elif rec.status in IN_INDEX:  # partial: indexed, some descriptions extractive
             indexed += 1
-        elif rec.status == "skipped":
+        elif rec.status == Status.SKIPPED:
             skipped.append({"path": rel, "reason": rec.reason})
         else:
             failed.append({"path": rel, "error": rec.reason or rec.status})

@@ -82,7 +82,14 @@ def cmd_up(args) -> int:
     """Milvus server, Dagster daemon + webserver, query API and chat page, supervised (mmrag.serve.supervisor)."""
     from mmrag.manifest import Manifest
     from mmrag.serve import discovery
-    from mmrag.serve.supervisor import Child, Supervisor, free_port, port_open, run_children, venv_tool
+    from mmrag.serve.supervisor import (
+        Child,
+        Supervisor,
+        free_port,
+        port_open,
+        run_children,
+        venv_tool,
+    )
 
     if refused := _public_without_key(args.host):
         print(refused, file=sys.stderr)

@@ -15,11 +15,12 @@ import numpy as np
 from mmrag.blocks import PIPELINE_VERSION, BlockKind, ParsedDocument
 from mmrag.ids import image_ref, row_id
 from mmrag.index.chunking import Chunk, chunk_document
+from mmrag.manifest import CONTENT, TRANSIENT, FailureKind, Outcome, Status
 from mmrag.sources.blobs import BlobStore
 from mmrag.sources.filetypes import Detected, detect
 
 # A warning with this prefix marks a file indexed with extractive descriptions because the model
-# server failed: it is recorded as "partial" and the schedule retries it.
+# server failed: it is recorded as `Status.PARTIAL` and the schedule retries it.
 DEGRADED = "degraded: "
 
 
@@ -28,12 +29,12 @@ class FileOutcome:
     """A file that is not (re)indexed by this run, and why."""
 
     file_key: str
-    status: str  # "skipped" | "failed"
+    status: Status  # SKIPPED | FAILED
     reason: str
     content_hash: str | None = None
     size: int | None = None
     mtime: float | None = None
-    failure_kind: str = "content"  # "content": redone when the bytes or config change; "transient": retried
+    failure_kind: FailureKind = CONTENT  # CONTENT: redone when the bytes or config change; TRANSIENT: retried
 
 
 @dataclass
@@ -48,6 +49,19 @@ class RawFile:
     mtime: float
     detected: Detected
     sidecars: list[tuple[str, str, str]] = field(default_factory=list)  # subtitles: (rel, snapshot, tag)
+
+
+@dataclass
+class WrittenFile:
+    """What `milvus_partitions` hands `lightrag_graph` for one file: whether this run wrote its rows,
+    and the outcome the graph step's commit records for it (`Outcome`; until then the file is
+    `indexing`)."""
+
+    written: bool
+    outcome: Outcome  # written: INDEXED or PARTIAL, to commit; not written: what was recorded
+    prior_transient: int = 0  # transient failures in a row on this content before this run
+    text_rows: int = 0
+    image_rows: int = 0
 
 
 @dataclass
@@ -70,11 +84,11 @@ def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: B
         st = os.fstat(fin.fileno())
         digest, size, stored, head = blobs.put_file(path, fin=fin)
     except FileNotFoundError:
-        return FileOutcome(file_key, "skipped", "the file no longer exists")
+        return FileOutcome(file_key, Status.SKIPPED, "the file no longer exists")
     except OutsideRoot as e:
-        return FileOutcome(file_key, "skipped", str(e))
+        return FileOutcome(file_key, Status.SKIPPED, str(e))
     except PermissionError as e:
-        return FileOutcome(file_key, "failed", f"cannot read the file: {e}")
+        return FileOutcome(file_key, Status.FAILED, f"cannot read the file: {e}")
     # Detect from the snapshot with the source's name, so the extension still informs the type.
     detected = detect(Path(rel_path), head)
     sidecars: list[tuple[str, str, str]] = []
@@ -89,7 +103,7 @@ def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: B
                               if e.name.split(".")[0] == first and e.is_file())
         paired = pair_sidecars(siblings).get(Path(rel_path).as_posix(), [])
         if detected.kind == "subtitles" and paired:
-            return FileOutcome(file_key, "skipped", f"sidecar subtitles of {', '.join(paired)}: indexed as its transcript",
+            return FileOutcome(file_key, Status.SKIPPED, f"sidecar subtitles of {', '.join(paired)}: indexed as its transcript",
                                digest, size, st.st_mtime)
         for sub in paired if detected.kind != "subtitles" else []:
             try:
@@ -111,12 +125,12 @@ def parse_stage(raw: RawFile | FileOutcome, parse) -> ParsedDocument | FileOutco
         return parse(Path(raw.snapshot), raw.detected, file_key=raw.file_key, source=raw.source,
                      rel_path=raw.rel_path, content_hash=raw.content_hash, sidecars=raw.sidecars)
     except SkipFile as e:
-        return FileOutcome(raw.file_key, "skipped", str(e), **meta)
+        return FileOutcome(raw.file_key, Status.SKIPPED, str(e), **meta)
     except ParseError as e:
-        return FileOutcome(raw.file_key, "failed", str(e), **meta,
-                           failure_kind="transient" if getattr(e, "transient", False) else "content")
+        return FileOutcome(raw.file_key, Status.FAILED, str(e), **meta,
+                           failure_kind=TRANSIENT if getattr(e, "transient", False) else CONTENT)
     except Exception as e:  # a parser bug on one file must not stop the other files of the run
-        return FileOutcome(raw.file_key, "failed", f"parser crashed: {type(e).__name__}: {e}", **meta)
+        return FileOutcome(raw.file_key, Status.FAILED, f"parser crashed: {type(e).__name__}: {e}", **meta)
 
 
 def embed_stage(doc: ParsedDocument | FileOutcome, raw: RawFile | FileOutcome, text_embedder, image_embedder,

@@ -30,9 +30,16 @@ _SKIP_LABELS = {"page_header", "page_footer", "caption"}  # captions are attache
 @lru_cache(maxsize=2)
 def converter(with_pdf_models: bool = False):
     """One converter per process: Docling caches its pipelines inside it."""
-    from docling.datamodel.backend_options import HTMLBackendOptions, MarkdownBackendOptions
+    from docling.datamodel.backend_options import (
+        HTMLBackendOptions,
+        MarkdownBackendOptions,
+    )
     from docling.datamodel.base_models import InputFormat
-    from docling.document_converter import DocumentConverter, HTMLFormatOption, MarkdownFormatOption
+    from docling.document_converter import (
+        DocumentConverter,
+        HTMLFormatOption,
+        MarkdownFormatOption,
+    )
 
     no_fetch = dict(enable_remote_fetch=False, fetch_images=False)
     options = {

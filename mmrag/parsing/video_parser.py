@@ -16,7 +16,14 @@ from pathlib import Path
 from mmrag.blocks import Block, BlockKind
 from mmrag.parsing.audio_parser import parse_audio
 from mmrag.parsing.errors import ParseError
-from mmrag.parsing.media import MediaError, Transcriber, drop_near_duplicates, extract_frames, hms, probe
+from mmrag.parsing.media import (
+    MediaError,
+    Transcriber,
+    drop_near_duplicates,
+    extract_frames,
+    hms,
+    probe,
+)
 from mmrag.sources.blobs import BlobStore
 
 _WORD = re.compile(r"[^\W\d_]{3,}")

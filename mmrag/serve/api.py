@@ -38,7 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmrag.config import Settings
 from mmrag.redact import scrub
 from mmrag.serve.access import Forbidden, Scope, keyring, scope_of
-from mmrag.serve.service import MAX_QUESTION_CHARS, MAX_TOP_K, QueryError, QueryService, status_json
+from mmrag.serve.service import (
+    MAX_QUESTION_CHARS,
+    MAX_TOP_K,
+    QueryError,
+    QueryService,
+    status_json,
+)
 
 MAX_CONCURRENT = 8  # requests that search at once; more wait their turn
 MAX_PER_KEY = 4  # requests of one key in flight at once; more get 429

@@ -116,7 +116,7 @@ class QueryService:
 def status_json(settings: Settings, scope: Scope = OPEN) -> dict:
     """The object `mmrag status --json` prints: per source its files, rows, stale and deleted files;
     only the sources `scope` may read."""
-    from mmrag.manifest import Manifest
+    from mmrag.manifest import RETRIED, Manifest
     from mmrag.sources.sync import plan_sync, scan_root
 
     manifest = Manifest(settings.state_path)
@@ -133,7 +133,7 @@ def status_json(settings: Settings, scope: Scope = OPEN) -> dict:
             "files": [{"path": r.rel_path, "status": r.status, "reason": r.reason, "text_rows": r.text_rows,
                        "image_rows": r.image_rows, "parser": r.parser,
                        # failed/partial: "content" waits for new bytes or config, "transient" is retried
-                       "failure_kind": r.failure_kind if r.status in ("failed", "partial") else None,
+                       "failure_kind": r.failure_kind if r.status in RETRIED else None,
                        "attempts": r.attempts, "retry_at": r.retry_at} for r in recs],
             "text_rows": sum(r.text_rows for r in recs), "image_rows": sum(r.image_rows for r in recs),
             "stale": sorted(k.partition(":")[2] for k in plan.changed + plan.stale + plan.new),

@@ -156,10 +156,12 @@ def counts_line(manifest) -> str:
     """One status line: how many files are indexed, in flight, failed, skipped."""
     from collections import Counter
 
+    from mmrag.manifest import Status
+
     c = Counter(r.status for r in manifest.all())
-    done = c["indexed"] + c["partial"]
-    return (f"{done} indexed, {c['indexing'] + c['pending']} in progress, {c['failed']} failed, "
-            f"{c['skipped']} skipped")
+    done = c[Status.INDEXED] + c[Status.PARTIAL]
+    return (f"{done} indexed, {c[Status.INDEXING] + c[Status.PENDING]} in progress, {c[Status.FAILED]} failed, "
+            f"{c[Status.SKIPPED]} skipped")
 
 
 def run_children(sup: Supervisor, manifest, poll_s: float = 1.0) -> int:

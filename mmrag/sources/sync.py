@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrag.ids import file_key, is_valid_key
-from mmrag.manifest import CONTENT, FileRecord
+from mmrag.manifest import CONTENT, RETRIED, FileRecord, Status
 from mmrag.sources.blobs import hash_stream
 from mmrag.sources.roots import OutsideRoot, check_source, open_source, symlink_mode
 
@@ -101,11 +101,11 @@ def retry_due(rec: FileRecord, now: float, retry_failed: bool = False) -> bool:
     bytes or a new config; a transient one (model server down, a garbage reply, descriptions that
     fell back to extractive: `partial`) is retried once its backoff (`retry_at`) has passed.
     `retry_failed` forces both (`mmrag ingest --retry-failed`)."""
-    if rec.status not in ("failed", "partial"):
+    if rec.status not in RETRIED:
         return False
     if retry_failed:
         return True
-    if rec.status == "failed" and rec.failure_kind == CONTENT:
+    if rec.status == Status.FAILED and rec.failure_kind == CONTENT:
         return False
     return rec.retry_at is None or rec.retry_at <= now
 
@@ -125,7 +125,7 @@ def plan_sync(scan: Scan, records: dict[str, FileRecord], partitions: set[str],
     prefix = f"{scan.source}:"
     for key, (rel, size, mtime) in scan.files.items():
         rec = records.get(key)
-        if key not in partitions or rec is None or rec.status in ("pending", "indexing") or rec.content_hash is None:
+        if key not in partitions or rec is None or rec.status in (Status.PENDING, Status.INDEXING) or rec.content_hash is None:
             (plan.new if key not in partitions else plan.changed).append(key)
             continue
         if rec.size != size or rec.mtime != mtime:
