@@ -1,7 +1,7 @@
 """The graph's extraction: LightRAG's entity and relation extraction over extraction units (groups
 of consecutive chunks, `mmrag.graph.units`) instead of single chunks, a session's requests all
 at once (and the next session's ahead of it), and LightRAG's model function with its reply checks.
-A mixin of `mmrag.graph.store.GraphStore`: it uses the store's LightRAG instance, LLM and unit size."""
+`Extractor` holds the model and the unit size; each call is given the LightRAG instance it works on."""
 
 from __future__ import annotations
 
@@ -19,10 +19,30 @@ _EXTRACTION_MARK, _TUPLE_DELIM = "<|COMPLETE|>", "<|#|>"
 _NOT_IN_ALIAS = ("_id", "original_prompt")  # fields of a cache entry its per-chunk aliases leave out
 
 
-class ExtractionMixin:
-    """GraphStore's extraction methods (its `_rag`, `llm`, `unit_tokens`, `_prefailed`, `_ahead`)."""
+class Extractor:
+    """`llm`: the model client (None: no extraction, the structural graph); `unit_tokens`: the size of an
+    extraction unit (0 = one per chunk). Keeps, between calls, the files whose requests failed in a
+    session's first pass (`failure`) and the next session's requests asked ahead (`start_ahead`)."""
 
-    async def _allm(self, prompt: str, system_prompt: str | None = None, history_messages=None, **kw: Any) -> str:
+    def __init__(self, llm: Any = None, unit_tokens: int = 1200):
+        self.llm, self.unit_tokens = llm, int(unit_tokens)
+        self._prefailed: dict[str, BaseException] = {}
+        self._ahead: asyncio.Future | None = None
+
+    def identity(self) -> str:
+        """The model that extracts (server and name), for the cache marker."""
+        return f"{getattr(self.llm, 'base_url', '')}|{getattr(self.llm, 'model', type(self.llm).__name__)}"
+
+    @property
+    def asking_ahead(self) -> bool:
+        """Whether the next session's requests are asked (or kept) ahead of it."""
+        return self._ahead is not None
+
+    def failure(self, fk: str) -> BaseException | None:
+        """The error of `fk`'s extraction requests in this session's first pass, if they failed."""
+        return self._prefailed.pop(fk, None)
+
+    async def complete(self, prompt: str, system_prompt: str | None = None, history_messages=None, **kw: Any) -> str:
         """LightRAG's model function. A reply that cannot be right is refused here (so LightRAG
         neither caches nor merges it): a reply with characters no model writes (C0 controls: they also
         make GraphML unwritable), or an extraction reply with none of LightRAG's delimiters, fails the
@@ -71,7 +91,7 @@ class ExtractionMixin:
                                                                  "file_path": fk})
         return out
 
-    async def _extract_units(self, chunks: dict[str, dict], pipeline_status=None, pipeline_status_lock=None) -> list:
+    async def extract_units(self, rag, chunks: dict[str, dict], pipeline_status=None, pipeline_status_lock=None) -> list:
         """LightRAG's per-document extraction step, over extraction units instead of its chunks: each
         entity and relation a unit yields is attributed to the member chunks that name it, and each
         member chunk lists the unit's LLM-cache entries (LightRAG rebuilds shared entities from them
@@ -80,7 +100,6 @@ class ExtractionMixin:
 
         from lightrag.operate import extract_entities
         from lightrag.utils import update_chunk_cache_list
-        rag = self._rag
         units, members = self._units_of(chunks)
         if not units:
             return []
@@ -102,7 +121,7 @@ class ExtractionMixin:
                     await update_chunk_cache_list(cid, rag.text_chunks, list(aliases), "entity_extraction")
         return [_attribute(nodes, edges, members) for nodes, edges in results]
 
-    async def _prefetch_extractions(self, batch, failed: dict[str, BaseException] | None = None) -> None:
+    async def prefetch(self, rag, batch, failed: dict[str, BaseException] | None = None) -> None:
         """A session's first pass: the extraction requests of all its files at once, sharing one
         in-flight budget (LightRAG's `llm_model_max_async`, and the LLM client's limit below it), into
         LightRAG's LLM cache; each file's insert then reads its extractions from the cache while the
@@ -112,15 +131,15 @@ class ExtractionMixin:
         if self.llm is None:
             return
         failed = failed or {}
-        outcomes = await self._extract_all([b for b in batch if b[0] not in failed], self._rag.llm_response_cache)
+        outcomes = await self._extract_all(rag, [b for b in batch if b[0] not in failed], rag.llm_response_cache)
         self._prefailed = {**failed, **outcomes}
 
-    async def _extract_all(self, batch, cache) -> dict[str, BaseException]:
+    async def _extract_all(self, rag, batch, cache) -> dict[str, BaseException]:
         """The extraction requests of `batch`'s files, replies into `cache`; {file key: its error}."""
         from dataclasses import asdict
 
         from lightrag.operate import extract_entities
-        cfg = asdict(self._rag)
+        cfg = asdict(rag)
 
         async def one(fk: str, chunks: list[Chunk]) -> None:
             items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
@@ -132,16 +151,21 @@ class ExtractionMixin:
         outcomes = await asyncio.gather(*(one(fk, chunks) for fk, _, chunks in batch), return_exceptions=True)
         return {fk: e for (fk, _, _), e in zip(batch, outcomes) if isinstance(e, BaseException)}
 
-    async def _extract_ahead(self, batch) -> tuple[dict[str, dict], dict[str, BaseException]]:
+    def start_ahead(self, rag, batch) -> None:
+        """Ask the next session's extraction requests now (`_extract_ahead`), when there is a model."""
+        if batch and self.llm is not None:
+            self._ahead = asyncio.ensure_future(self._extract_ahead(rag, batch))
+
+    async def _extract_ahead(self, rag, batch) -> tuple[dict[str, dict], dict[str, BaseException]]:
         """The next session's extraction requests, asked while this session merges its files and
         embeds their entities (CPU work during which the model server had nothing to do: 50 files in
         2 sessions, some 2-3 s at 0.2 s a request). The replies are kept aside (`_AheadCache`), not in
         LightRAG's cache: they belong to the next session, and are written into its cache when it
-        begins (`_take_ahead`); a roll-back or an error drops them."""
-        ahead = _AheadCache(self._rag.llm_response_cache)
-        return ahead.entries, await self._extract_all(batch, ahead)
+        begins (`take_ahead`); a roll-back or an error drops them."""
+        ahead = _AheadCache(rag.llm_response_cache)
+        return ahead.entries, await self._extract_all(rag, batch, ahead)
 
-    async def _take_ahead(self) -> dict[str, BaseException]:
+    async def take_ahead(self, rag) -> dict[str, BaseException]:
         """Write the replies asked ahead for this session into LightRAG's cache (the session's own
         writes from here on); returns the files whose requests failed ahead."""
         task, self._ahead = self._ahead, None
@@ -149,10 +173,10 @@ class ExtractionMixin:
             return {}
         entries, failed = await task
         if entries:
-            await self._rag.llm_response_cache.upsert(entries)
+            await rag.llm_response_cache.upsert(entries)
         return failed
 
-    async def _drop_ahead(self) -> None:
+    async def drop_ahead(self) -> None:
         task, self._ahead = self._ahead, None
         if task is not None and not task.done():
             task.cancel()

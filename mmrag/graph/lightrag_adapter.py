@@ -1,5 +1,11 @@
-"""LightRAG plumbing for GraphStore: one event loop per process, the Milvus env window, the offline
-tokenizer handle, log filters, and reading graph counts from disk without opening LightRAG."""
+"""Everything of LightRAG's that is not its public API, in one place: building an instance on our
+Milvus and tokenizer, its process-global stores (dropped per workspace), its per-operation persist
+(deferred to a session's commit), its file writes (made atomic), its vector stores' methods (routed
+through a session's journal), its extraction step (over our units) and its NetworkX graph. Also one
+event loop per process, the Milvus env window, our ids of LightRAG's documents and chunks, and graph
+counts read from disk without opening LightRAG. The rest of `mmrag.graph` calls LightRAG's public API
+(storage methods, `ainsert`, `ainsert_custom_kg`, `adelete_by_doc_id`, `aquery_*`,
+`lightrag.operate.extract_entities`) and this module."""
 
 from __future__ import annotations
 
@@ -11,8 +17,9 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
+from mmrag.files import replacing
 from mmrag.models.tokenizer import TOKENIZER
 
 # LightRAG's Milvus delete reads `result.get(...)`; Milvus Lite 3.x returns a list, so each delete logs
@@ -43,13 +50,13 @@ def workspace_name(namespace: str) -> str:
     return re.sub(r"\W", "_", namespace, flags=re.ASCII).strip("_") or "mmrag_graph"
 
 
-class _SharedTokenizer:
+class SharedTokenizer:
     """TOKENIZER behind a handle that LightRAG's deep copies of its config (asdict) share: a copy
     of TOKENIZER itself fails on its lock and would fork the interned vocabulary."""
 
     encode, decode = staticmethod(TOKENIZER.encode), staticmethod(TOKENIZER.decode)
 
-    def __deepcopy__(self, memo: dict) -> "_SharedTokenizer":
+    def __deepcopy__(self, memo: dict) -> "SharedTokenizer":
         return self
 
 
@@ -76,7 +83,7 @@ def chunk_id(text: str) -> str:
     return compute_mdhash_id(chunk_text(text), prefix="chunk-")
 
 
-class _Loop:
+class Loop:
     """The process's one event loop for LightRAG, on a daemon thread."""
 
     _loop: asyncio.AbstractEventLoop | None = None
@@ -97,11 +104,11 @@ class _Loop:
 
 
 _ENV_LOCK = threading.Lock()
-_OPEN: dict[str, Path] = {}  # workspace -> working_dir of the open GraphStore using it
+OPEN: dict[str, Path] = {}  # workspace -> working_dir of the open GraphStore using it
 
 
 @contextlib.contextmanager
-def _milvus_env(uri: str, token: str, db: str):
+def milvus_env(uri: str, token: str, db: str):
     """LightRAG's Milvus storage takes its connection only from env vars (required to exist when
     LightRAG is built, read when storages initialize): set them for that window, then restore them.
     pymilvus parses MILVUS_URI when *imported* and rejects a Lite file path, so import it first."""
@@ -122,3 +129,168 @@ def _set_env(values: dict[str, str | None]) -> None:
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
+
+
+# -- an instance and its lifetime ---------------------------------------------------------------------
+async def open_lightrag(working_dir: Path, workspace: str, *, embed_dim: int, embed: Callable, complete: Callable,
+                        chunking: Callable, extract: Callable, extra: dict) -> Any:
+    """A LightRAG instance with JSON/NetworkX stores in `working_dir/workspace` and vectors in Milvus
+    (call inside `milvus_env`), initialized. `embed(texts)`, `complete(prompt, ...)`, `chunking(...)`:
+    LightRAG's model, embedding and chunking functions; `extract(chunks, status, lock)`: its per-document
+    extraction step. Pass closures, not bound methods: LightRAG deep-copies its config."""
+    from lightrag import LightRAG
+
+    # lightrag.utils sets its logger to INFO at import and logs every storage write; our assets
+    # report per-file outcomes in Dagster metadata instead.
+    logging.getLogger("lightrag").setLevel(logging.WARNING)
+    from lightrag.kg.shared_storage import initialize_pipeline_status
+    from lightrag.utils import EmbeddingFunc, Tokenizer
+    rag = LightRAG(
+        working_dir=str(working_dir), workspace=workspace, kv_storage="JsonKVStorage",
+        vector_storage="MilvusVectorDBStorage", graph_storage="NetworkXStorage",
+        doc_status_storage="JsonDocStatusStorage", tokenizer=Tokenizer("mmrag-word", SharedTokenizer()),
+        embedding_func=EmbeddingFunc(embedding_dim=embed_dim, func=lambda t, **kw: embed(t)),
+        llm_model_func=complete, chunking_func=chunking,
+        **{"vector_db_storage_cls_kwargs": {"cosine_better_than_threshold": 0.2}, "embedding_batch_num": 32, **extra})
+    await rag.initialize_storages()
+    await initialize_pipeline_status(workspace=workspace)  # idempotent (1.4.16 does it above too)
+    rag._process_extract_entities = extract  # the instance's own step, over our extraction units
+    return rag
+
+
+def default_chunking(tokenizer, content, split_by, split_only, overlap, size):
+    """LightRAG's own token-size chunking (for text that is not one of our documents)."""
+    from lightrag.operate import chunking_by_token_size
+    return chunking_by_token_size(tokenizer, content, split_by, split_only, overlap, size)
+
+
+async def persist(rag) -> None:
+    """Write every in-memory store to disk (what LightRAG does after each insert and delete)."""
+    await rag._insert_done()
+
+
+@contextlib.asynccontextmanager
+async def persist_deferred(rag):
+    """Within the block, LightRAG's per-operation persist does nothing: a session persists once."""
+    async def deferred(*_a, **_k) -> None:
+        return None
+
+    rag._insert_done = deferred  # shadows the bound method on this instance only
+    try:
+        yield
+    finally:
+        del rag._insert_done
+
+
+async def close_lightrag(rag, workspace: str, *, write: bool) -> None:
+    """Finalize the instance's storages (`write`: as LightRAG does, persisting; else only the vector
+    stores' clients close and nothing is written, for a reader whose LLM cache must not overwrite the
+    writer's file), then forget the workspace's process-global stores, so a later instance on this
+    workspace loads from disk instead of reusing this one's memory."""
+    if write:
+        await rag.finalize_storages()
+    else:
+        for vdb in vector_stores(rag).values():
+            with contextlib.suppress(Exception):
+                await vdb.finalize()
+    from lightrag.kg import shared_storage as ss
+    for d in (ss._shared_dicts, ss._init_flags, ss._update_flags):
+        for k in [k for k in (d or {}) if k.startswith(workspace + ":")]:
+            d.pop(k, None)
+
+
+async def networkx_graph(rag):
+    """The NetworkX graph behind LightRAG's graph storage (read without copying it)."""
+    return await rag.chunk_entity_relation_graph._get_graph()
+
+
+async def graph_size(rag) -> tuple[int, int]:
+    g = rag.chunk_entity_relation_graph
+    if hasattr(g, "_get_graph"):  # NetworkX: count without copying every node
+        nxg = await g._get_graph()
+        return nxg.number_of_nodes(), nxg.number_of_edges()
+    return len(await g.get_all_nodes()), len(await g.get_all_edges())
+
+
+# -- atomic files -------------------------------------------------------------------------------------
+_PATCHED = False
+
+
+def _atomic(write):
+    def wrapper(obj, file_name, *args, **kwargs):
+        with replacing(file_name) as tmp:
+            return write(obj, tmp, *args, **kwargs)
+
+    wrapper.__wrapped__ = write
+    wrapper.mmrag_atomic = True
+    return wrapper
+
+
+def patch_atomic_writes() -> None:
+    """LightRAG writes its JSON stores and GraphML file in place: a kill mid-write leaves a file cut
+    short (seen: GraphML cut mid-element). Make each write go aside and then rename (once per process)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    from lightrag.kg import json_doc_status_impl, json_kv_impl
+    from lightrag.kg.networkx_impl import NetworkXStorage
+
+    for mod in (json_kv_impl, json_doc_status_impl):
+        if not getattr(mod.write_json, "mmrag_atomic", False):
+            mod.write_json = _atomic(mod.write_json)
+    write_nx = NetworkXStorage.__dict__["write_nx_graph"].__func__
+    if not getattr(write_nx, "mmrag_atomic", False):
+        NetworkXStorage.write_nx_graph = staticmethod(_atomic(write_nx))
+    _PATCHED = True
+
+
+# -- vector stores ------------------------------------------------------------------------------------
+def vector_stores(rag) -> dict[str, Any]:
+    """LightRAG's three vector stores by the journal's names for them."""
+    return {"entities": rag.entities_vdb, "relationships": rag.relationships_vdb, "chunks": rag.chunks_vdb}
+
+
+_FLUSH_FIRST = ("query", "get_by_id", "get_by_ids", "get_vectors_by_ids", "index_done_callback",
+                "delete_entity", "delete_entity_relation", "finalize", "drop")
+
+
+def route_vector_writes(rag, journal) -> None:
+    """Send the instance's vector writes through `journal` (`mmrag.graph.vectors.VectorJournal`):
+    upserts go to `journal.upsert(ns, data)`, which notes and holds them; a delete is noted, the held
+    upserts of its store are written, then it runs; every other call on a store writes what is held
+    first, so the order of writes and what readers see are unchanged. Deleting an entity's vector, or
+    all relations of an entity, is noted too (`entities`: its vector id; `entity_relations`: its name)."""
+    from lightrag.utils import compute_mdhash_id
+
+    for ns, vdb in vector_stores(rag).items():
+        journal.bind(ns, vdb.upsert)
+
+        def flushing(f, _ns=ns):
+            async def call(*a, **kw):
+                await journal.flush(_ns)
+                return await f(*a, **kw)
+            return call
+
+        async def delete(ids, _f=vdb.delete, _ns=ns):
+            journal.note(_ns, ids)
+            await journal.flush(_ns)
+            return await _f(ids)
+
+        async def upsert(data, _ns=ns):
+            await journal.upsert(_ns, data)
+
+        for name in _FLUSH_FIRST:
+            setattr(vdb, name, flushing(getattr(vdb, name)))
+        vdb.upsert, vdb.delete = upsert, delete
+    ent_delete, rel_delete = rag.entities_vdb.delete_entity, rag.relationships_vdb.delete_entity_relation
+
+    async def delete_entity(name, _f=ent_delete):
+        journal.note("entities", [compute_mdhash_id(name, prefix="ent-")])
+        return await _f(name)
+
+    async def delete_entity_relation(name, _f=rel_delete):
+        journal.note("entity_relations", [name])
+        return await _f(name)
+
+    rag.entities_vdb.delete_entity = delete_entity
+    rag.relationships_vdb.delete_entity_relation = delete_entity_relation

@@ -1,12 +1,13 @@
-"""Crash safety for LightRAG's stores: atomic file writes, a snapshot per write session, a journal
-of the vectors a session touched in Milvus, and the roll-back that uses both.
+"""Crash safety for LightRAG's stores: the snapshot a write session takes of the graph's files when it
+begins, with the session's transaction id and the journal of the vectors it touched in Milvus; what
+the session object (`mmrag.graph.session`) uses to commit and to roll back.
 
 LightRAG keeps its graph (GraphML) and key-value stores (JSON) as whole files it rewrites on every
 persist, and its vectors in Milvus, written at once. A process killed half-way would leave files
 cut short, files of different generations, or vectors with no graph item behind them. Here:
 
 * every write of a LightRAG file goes to a temporary file that is renamed over the old one
-  (`patch_atomic_writes`), so a file is always whole and each write makes a new inode;
+  (`lightrag_adapter.patch_atomic_writes`), so a file is always whole and each write makes a new inode;
 * `Snapshot.begin` hard-links the workspace's files into `.txn-<workspace>/` before a session
   writes anything (free: writers never modify a file in place), and records a transaction id;
 * every upsert or delete on LightRAG's vector stores appends the ids it touches to the journal
@@ -17,7 +18,7 @@ cut short, files of different generations, or vectors with no graph item behind 
 * a snapshot found on disk is a session that did not finish: if the manifest holds its
   transaction id it committed (the snapshot is just removed), else its files are restored from the
   snapshot and each journaled vector is rewritten from the restored stores or deleted
-  (`GraphStore._rollback`). The roll-back is idempotent: a crash during it is repaired the same way.
+  (`WriteSession.rollback`). The roll-back is idempotent: a crash during it is repaired the same way.
 
 A SIGKILL loses no committed work. A power cut may lose unflushed page-cache writes (nothing here
 calls fsync on every write); the next session still finds either a whole old or a whole new file.
@@ -30,42 +31,6 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-
-from mmrag.files import replacing, write_atomic
-
-_PATCHED = False
-
-
-def _atomic(write):
-    def wrapper(obj, file_name, *args, **kwargs):
-        with replacing(file_name) as tmp:
-            return write(obj, tmp, *args, **kwargs)
-
-    wrapper.__wrapped__ = write
-    wrapper.mmrag_atomic = True
-    return wrapper
-
-
-def patch_atomic_writes() -> None:
-    """LightRAG writes its JSON stores and GraphML file in place: a kill mid-write leaves a file cut
-    short (seen: GraphML cut mid-element). Make each write go aside and then rename (once per process)."""
-    global _PATCHED
-    if _PATCHED:
-        return
-    from lightrag.kg import json_doc_status_impl, json_kv_impl
-    from lightrag.kg.networkx_impl import NetworkXStorage
-
-    for mod in (json_kv_impl, json_doc_status_impl):
-        if not getattr(mod.write_json, "mmrag_atomic", False):
-            mod.write_json = _atomic(mod.write_json)
-    write_nx = NetworkXStorage.__dict__["write_nx_graph"].__func__
-    if not getattr(write_nx, "mmrag_atomic", False):
-        NetworkXStorage.write_nx_graph = staticmethod(_atomic(write_nx))
-    _PATCHED = True
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, text)
 
 
 class Snapshot:
@@ -113,11 +78,15 @@ class Snapshot:
         self._journal.write(json.dumps(entry) + "\n")
         self._journal.flush()
 
-    def end(self) -> None:
-        """The session committed (or was rolled back): drop the snapshot."""
+    def close(self) -> None:
+        """Stop journaling in this process; the snapshot stays on disk (as a dead process leaves it)."""
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+    def end(self) -> None:
+        """The session committed (or was rolled back): drop the snapshot."""
+        self.close()
         if self.exists:
             trash = self.dir.with_name(self.dir.name + ".old")
             shutil.rmtree(trash, ignore_errors=True)
@@ -131,9 +100,7 @@ class Snapshot:
     # -- roll-back -------------------------------------------------------------------------------
     def restore_files(self) -> None:
         """Put the workspace's files back as they were when the session began (idempotent)."""
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        self.close()
         names = json.loads((self.dir / "files.json").read_text())
         for p in self.ws_dir.iterdir():
             if p.is_file() and p.name not in names:
