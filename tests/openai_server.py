@@ -3,10 +3,11 @@
 `FakeOpenAIServer` listens on 127.0.0.1 (a free port) in a daemon thread and answers
 `GET /v1/models`, `POST /v1/chat/completions` (text and vision messages, non-streaming) and
 `POST /v1/embeddings` in the OpenAI JSON shapes. Tests script it: `responder` writes the assistant
-text, `latency_s` delays every POST, and faults (HTTP status, malformed JSON, a hang, a dropped
-connection) are queued with `fail_next` / `malformed_next` / `hang_next` / `drop_next` or decided per
-request by `fault_fn`. Every request is recorded; in-flight requests are counted (`max_in_flight`).
-Remote image URLs are refused, so a test notices if the client would make the server fetch one.
+text, `embedder` the vectors (default `fake_embedding`: a hash of the text, without meaning),
+`latency_s` delays every POST, and faults (HTTP status, malformed JSON, a hang, a dropped connection)
+are queued with `fail_next` / `malformed_next` / `hang_next` / `drop_next` or decided per request by
+`fault_fn`. Every request is recorded; in-flight requests are counted (`max_in_flight`). Remote image
+URLs are refused, so a test notices if the client would make the server fetch one.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class FakeOpenAIServer:
         self.latency_s = latency_s
         self.api_key = api_key  # when set, requests without `Bearer <api_key>` get 401
         self.responder: Callable[[dict], str] = default_responder
+        self.embedder: Callable[[str, int], list[float]] = fake_embedding  # (text, dim) -> vector
         self.fault_fn: Callable[[Recorded], Fault | None] | None = None
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -370,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "the fake server only returns float embeddings")
             return
         dim = self.fake.embedding_dim
-        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(t, dim)} for i, t in enumerate(inputs)]
+        data = [{"object": "embedding", "index": i, "embedding": self.fake.embedder(t, dim)} for i, t in enumerate(inputs)]
         tokens = sum(len(t.split()) for t in inputs)
         self._send(200, {
             "id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
