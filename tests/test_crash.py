@@ -24,6 +24,8 @@ from crash_tools import (
 from openai_server import FakeOpenAIServer, lightrag_aware
 from PIL import Image, ImageDraw
 
+pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
+
 SHARED = "Every survey in this folder counts Mallards and Teals along the Northern Marsh."
 # The clean-up job runs first: its graph commit is the first "graph-persisted"/"graph-committed"
 # point; ":2" kills at the second, in the ingest run's commit.

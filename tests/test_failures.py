@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from conftest import BAD, SAMPLE, copy_corpus
 from crash_tools import dangling, diff, index_state
 from helpers import cli_json
@@ -26,6 +27,7 @@ def _status(capsys) -> dict[str, dict]:
     return {f["path"]: f for f in st["sources"]["docs"]["files"]}
 
 
+@pytest.mark.slow
 def test_content_failures_wait_for_new_content_and_retry_failed_forces(mmrag_env, tmp_path, capsys):
     root = copy_corpus(BAD, tmp_path / "docs", ["password_protected.pdf", "truncated.pdf", "empty.pdf"])
     (root / "good.md").write_text("# Good\n\nA good file about herons.\n")
@@ -47,6 +49,7 @@ def test_content_failures_wait_for_new_content_and_retry_failed_forces(mmrag_env
     assert _runs() == runs + 2 and fixed["indexed"] == 2 and [f["path"] for f in fixed["failed"]] == ["password_protected.pdf"]
 
 
+@pytest.mark.slow
 def test_graph_failures_are_transient_and_retried_after_their_backoff(mmrag_env, tmp_path, capsys, openai_server,
                                                                       monkeypatch):
     for k, v in {"MMRAG_LLM_URL": openai_server.base_url, "MMRAG_LLM_MODEL": "fake-llm", "MMRAG_LLM_RETRIES": "0",
@@ -74,6 +77,7 @@ def test_graph_failures_are_transient_and_retried_after_their_backoff(mmrag_env,
     assert code == 0 and out["indexed"] == 1 and _runs() == runs + 1 and out["graph_nodes"] > 1
 
 
+@pytest.mark.slow
 def test_nul_bytes_long_names_and_long_paths_are_bounded(mmrag_env, tmp_path, capsys):
     """A heading of 2,000 characters with NUL bytes and a path longer than LightRAG's 64-byte document
     id field: both files are indexed; every graph name fits the 512-byte VARCHAR."""
@@ -124,6 +128,7 @@ def _home(tmp: Path, monkeypatch):
         close_stores()
 
 
+@pytest.mark.slow
 def test_model_server_faults_then_a_healthy_server_give_a_clean_run_s_index(mmrag_env, tmp_path, capsys,
                                                                             openai_server, monkeypatch):
     """30 % of requests fail (HTTP 500, timeouts, replies cut short, garbage: control characters,

@@ -6,6 +6,8 @@ import pytest
 from conftest import BAD, SAMPLE, copy_corpus, isolated_env, run_cli
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 
+pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
+
 
 @pytest.fixture(scope="module")
 def indexed_sample(tmp_path_factory):

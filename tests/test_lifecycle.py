@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import SAMPLE, copy_corpus
 from helpers import IMAGE, TEXT, cli_json, rows_by_file
 from openai_server import lightrag_aware
@@ -23,6 +24,7 @@ def _small_corpus(root):
     return root
 
 
+@pytest.mark.slow
 def test_reingest_is_idempotent_and_makes_no_llm_call(mmrag_env, tmp_path, capsys, openai_server, monkeypatch):
     openai_server.responder = lightrag_aware
     monkeypatch.setenv("MMRAG_LLM_URL", openai_server.base_url)
@@ -63,6 +65,7 @@ def test_reingest_is_idempotent_and_makes_no_llm_call(mmrag_env, tmp_path, capsy
     assert rows_by_file(TEXT) == text_ids
 
 
+@pytest.mark.slow
 def test_change_and_delete_touch_only_their_file(mmrag_env, tmp_path, capsys):
     from dagster import DagsterInstance
 
@@ -119,6 +122,7 @@ def test_change_and_delete_touch_only_their_file(mmrag_env, tmp_path, capsys):
     assert not any("b.md" in n for n in nodes) and any("c.md" in n for n in nodes)
 
 
+@pytest.mark.slow
 def test_missing_root_changes_nothing(mmrag_env, tmp_path, capsys):
     root = _small_corpus(tmp_path / "docs")
     assert cli_json(capsys, "ingest", str(root), "--source", "docs")[0] == 0
@@ -131,6 +135,7 @@ def test_missing_root_changes_nothing(mmrag_env, tmp_path, capsys):
     assert rows_by_file(TEXT) == before
 
 
+@pytest.mark.slow
 def test_status_reports_rows_outcomes_and_staleness(mmrag_env, tmp_path, capsys, monkeypatch):
     root = _small_corpus(tmp_path / "docs")
     (root / "empty.pdf").write_bytes(b"")
@@ -153,6 +158,7 @@ def test_status_reports_rows_outcomes_and_staleness(mmrag_env, tmp_path, capsys,
     assert set(st["sources"]["docs"]["stale"]) == {"b.md", "c.md", "d.md", "empty.pdf"}
 
 
+@pytest.mark.slow
 def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_path, capsys, openai_server,
                                                                   monkeypatch):
     """The VLM fails: the file is indexed with extractive descriptions, marked partial (a transient
@@ -191,6 +197,7 @@ def test_vlm_outage_indexes_partially_and_the_next_sync_fills_in(mmrag_env, tmp_
     assert rows_by_file(TEXT) != first_rows  # the image's row now carries the VLM's description
 
 
+@pytest.mark.slow
 def test_blob_gc_removes_only_what_nothing_refers_to(mmrag_env, tmp_path, capsys):
     """Old versions of changed files and everything of deleted files go; the index keeps working."""
     import os

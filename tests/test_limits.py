@@ -41,6 +41,7 @@ def _texts(file: str) -> str:
 # -- pathological inputs next to good ones, one ingest --------------------------------------------
 
 
+@pytest.mark.slow
 def test_pathological_inputs_fail_fast_next_to_good_files(mmrag_env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MMRAG_MAX_PAGES", "20")
     monkeypatch.setenv("MMRAG_PDF_PARSER", "pypdfium2")
@@ -78,6 +79,7 @@ def test_pathological_inputs_fail_fast_next_to_good_files(mmrag_env, tmp_path, c
 # -- the wall-clock limit and the memory ceiling, in real runs ------------------------------------
 
 
+@pytest.mark.slow
 def test_a_slow_file_is_stopped_and_the_next_file_is_indexed(mmrag_env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MMRAG_PARSE_TIMEOUT_S", "1")
     monkeypatch.setenv("MMRAG_PDF_PARSER", "pypdfium2")
@@ -94,6 +96,7 @@ def test_a_slow_file_is_stopped_and_the_next_file_is_indexed(mmrag_env, tmp_path
     assert wall < 150, wall
 
 
+@pytest.mark.slow
 def test_a_file_over_the_memory_ceiling_is_stopped(mmrag_env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MMRAG_PARSE_MEMORY_MB", "1536")
     monkeypatch.setenv("MMRAG_MAX_IMAGE_PIXELS", str(10**9))  # past the pre-check: the ceiling must act

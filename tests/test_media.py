@@ -29,6 +29,7 @@ def _in_order_share(needle: list[str], hay: list[str]) -> float:
     return i / len(needle)
 
 
+@pytest.mark.slow
 def test_jfk_transcribed_offline_and_found_with_its_time_range(mmrag_env, tmp_path, capsys):
     tr = Transcriber().transcribe(SAMPLE / "jfk.flac")
     text = " ".join(s.text for s in tr.segments)
@@ -105,6 +106,7 @@ def test_openai_whisper_backend_runs_with_random_weights(tmp_path):
     assert all(s.start <= s.end for s in tr.segments)  # quality is not asserted: the weights are random
 
 
+@pytest.mark.slow
 def test_video_frames_at_the_configured_rate_with_transcript_and_times(mmrag_env, tmp_path, capsys, monkeypatch):
     from mmrag.config import Settings
 
@@ -135,6 +137,7 @@ def test_segment_times_are_cut_to_the_audio_length():
     assert clamp_segments(segs, 0.0) == segs  # length unknown: as the model gave them
 
 
+@pytest.mark.slow
 def test_bad_media_outcomes(mmrag_env, tmp_path, capsys):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg (Debian) is needed")
@@ -194,6 +197,7 @@ def _srt(path, cues):
                               for i, (a, b, text) in enumerate(cues)), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_sidecar_subtitles_are_the_transcript_and_follow_their_video(mmrag_env, tmp_path, capsys):
     """A sidecar .srt stands in for Whisper; editing it re-indexes the video; without the video it is
     indexed on its own."""
@@ -250,6 +254,7 @@ def test_embedded_subtitle_track_is_the_transcript(tmp_path):
     assert [b for b in doc.blocks if b.kind.value == "image"]
 
 
+@pytest.mark.slow
 def test_language_detection_with_a_multilingual_model(tmp_path):
     """openai-whisper's multilingual tiny architecture (random weights) detects a language when none
     is set, and keeps a forced one."""

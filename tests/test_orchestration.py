@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from dagster import (
     AddDynamicPartitionsRequest,
     DagsterInstance,
@@ -70,6 +71,7 @@ def test_definitions_load_and_lineage():
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "cleanup_job"}
 
 
+@pytest.mark.slow
 def test_sensor_adds_changes_deletes_and_batches(mmrag_env, tmp_path, monkeypatch):
     root = tmp_path / "watched"
     root.mkdir()
@@ -120,6 +122,7 @@ def test_sensor_adds_changes_deletes_and_batches(mmrag_env, tmp_path, monkeypatc
     assert "missing" in missing.skip_reason.skip_message
 
 
+@pytest.mark.slow
 def test_schedule_reindexes_only_stale_partitions(mmrag_env, tmp_path, capsys, monkeypatch):
     from mmrag_resources.data_dir import DataDirResource
     from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
@@ -180,6 +183,7 @@ def test_materialize_one_partition_with_a_temporary_instance(mmrag_env, tmp_path
     assert list(rows_by_file(TEXT)) == ["docs:note.md"]
 
 
+@pytest.mark.slow
 def test_query_while_another_process_holds_milvus_lite(mmrag_env, tmp_path, capsys):
     """This test process ingested, so it holds the Lite data dir, as a running ingest would."""
     root = tmp_path / "docs"
@@ -194,6 +198,7 @@ def test_query_while_another_process_holds_milvus_lite(mmrag_env, tmp_path, caps
     assert time.time() - t0 < 60  # a clear message, not a hang
 
 
+@pytest.mark.slow
 def test_cleanup_spares_a_file_recreated_after_its_deletion_was_requested(mmrag_env, tmp_path, capsys):
     root = tmp_path / "docs"
     root.mkdir()
@@ -257,6 +262,7 @@ def _record_run(instance, request, status) -> str:
     return run_id
 
 
+@pytest.mark.slow
 def test_a_file_whose_run_ended_without_it_is_requested_again_then_with_backoff(mmrag_env, tmp_path, monkeypatch):
     """A run marked failed by someone else (Dagster's code server saw its process killed; its run
     monitoring; a step error) leaves nothing for the sensor's own reaper: the file is requested again

@@ -26,6 +26,8 @@ from mmrag.orchestration.instance import (
     write_instance_yaml,
 )
 
+pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
+
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "pw-" + uuid.uuid4().hex[:12]  # in the URL only: must never reach a file
 

@@ -36,6 +36,8 @@ from test_api import _cli, _free_port
 from test_eval import SAMPLES, _slice
 from test_ui import _env
 
+pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
+
 EMBED_MODEL = "served-embedder"
 LLM_MODEL = "fake-llm"
 DOCS = {

@@ -10,6 +10,7 @@ The metric is the mean reciprocal rank of the first target hit in the top 10 (MR
 
 from __future__ import annotations
 
+import pytest
 from conftest import SAMPLE, copy_corpus
 from helpers import cli_json
 
@@ -50,6 +51,7 @@ def _is_target(hit, files, page, phrase) -> bool:
             and (phrase is None or phrase in hit["text"]))
 
 
+@pytest.mark.slow
 def test_hybrid_beats_dense_and_bm25(mmrag_env, tmp_path, capsys):
     from mmrag.config import Settings
     from mmrag.models import factory

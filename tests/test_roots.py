@@ -114,6 +114,7 @@ def test_a_file_swapped_for_a_link_after_the_scan_is_not_read(tricky, tmp_path):
     assert isinstance(ok, RawFile) and ok.size == (tricky / "kept.md").stat().st_size
 
 
+@pytest.mark.slow
 def test_ingest_skips_them_with_reasons_and_the_outside_text_is_not_findable(tricky, mmrag_env):
     code, out = run_cli("ingest", str(tricky), "--source", "docs")
     assert code == 0, out

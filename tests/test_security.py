@@ -27,6 +27,8 @@ from mmrag.redact import redact_url, scrub
 from mmrag.serve.access import Forbidden, Scope, keyring, parse_keys, scope_of
 from mmrag.serve.supervisor import free_port
 
+pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
+
 CANARY_LLM = "canary-llm-7f3a9c1e55"
 CANARY_MILVUS = "root:canary-milvus-2b8d4e"
 KEY_A, KEY_B = "canary-key-a-91c2d7", "canary-key-b-40e6f1"

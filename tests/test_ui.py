@@ -90,6 +90,7 @@ def ui_server(tmp: Path, env: dict[str, str]):
                 proc.wait(5)
 
 
+@pytest.mark.slow
 def test_page_loads_asks_and_shows_hits_and_an_image(index, browser):
     tmp, env = index
     with ui_server(tmp, env) as (url, log):
@@ -133,6 +134,7 @@ def test_answer_cites_hits_and_llm_errors_show_as_messages(index, browser):
             _no_traceback(browser)
 
 
+@pytest.mark.slow
 def test_with_api_keys_the_page_asks_for_one_and_searches_only_its_sources(index, browser):
     """MMRAG_API_KEYS set: no search without a valid key; a key scoped to another source finds nothing
     of `docs`; a key for `docs` finds the duck page."""

@@ -27,6 +27,8 @@ from openai_server import FakeOpenAIServer, lightrag_aware
 
 from mmrag.serve.supervisor import free_port, port_open
 
+pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
+
 RANGE_START = "dagster/asset_partition_range_start"
 
 
