@@ -1,12 +1,21 @@
-"""Helpers for end-to-end tests: run the CLI in-process, read the index back."""
+"""Helpers for end-to-end tests: run the CLI in-process, serve the query API, read the index back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+from conftest import REPO
 
 from mmrag.cli import main
 from mmrag.config import Settings
 from mmrag.index.milvus_store import IMAGE, TEXT, MilvusStore
+from mmrag.serve.supervisor import free_port  # noqa: F401  (the tests' free port)
 
 
 def cli_json(capsys, *args) -> tuple[int, dict]:
@@ -100,3 +109,40 @@ def up_diagnosis(proc, home) -> str:
         lines = [ln for ln in daemon.read_text(errors="replace").splitlines() if not any(n in ln for n in noise)]
         out.append("--- daemon.log (end):\n" + "\n".join(ln[:300] for ln in lines[-60:]))
     return "\n".join(out)
+
+
+def wait_ready(what: str, probe, proc, timeout: float, output=lambda: "") -> None:
+    """Poll `probe()` (connection errors count as not yet) until it is true, while the child `proc`
+    runs; fail with `output()` (the end of its log) if it exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}:\n{output()}"
+        try:
+            if probe():
+                return
+        except (OSError, httpx.TransportError):
+            pass
+        assert time.monotonic() < deadline, f"{what} did not come up within {timeout:.0f} s:\n{output()}"
+        time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def api_server(env: dict):
+    """`mmrag api` on a free port (a child process, as test_api runs it); stopped with SIGINT on exit,
+    which withdraws its api.json (so later `mmrag query`s answer in-process)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "api", "--port", str(port)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready("mmrag api", lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, proc, 120,
+                   lambda: proc.stdout.read()[-3000:] if proc.poll() is not None else "")
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, SAMPLE, copy_corpus
+from helpers import api_server, free_port
 from openai_server import FakeOpenAIServer, prompt_text
 
 KEY = "test-key-0123456789"
 ANSWER = "Dabbling ducks feed at the surface of the water [1]."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(home: Path, **extra) -> dict:
@@ -59,24 +53,9 @@ def api(tmp_path_factory, llm):
     assert res.returncode == 0, res.stderr[-2000:]
     before = _cli(env, "query", "Which ducks dabble?", "--top-k", "3", "--json")  # in-process, no server yet
     assert before.returncode == 0, before.stderr[-2000:]
-    port = _free_port()
     server_env = {**env, "MMRAG_API_KEY": KEY, "MMRAG_LLM_URL": llm.base_url, "MMRAG_LLM_MODEL": "fake-llm"}
-    proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "api", "--port", str(port)], env=server_env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no start"
-        time.sleep(0.5)
-    yield {"url": url, "proc": proc, "env": server_env, "home": home, "before": json.loads(before.stdout)}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+    with api_server(server_env) as (url, proc):
+        yield {"url": url, "proc": proc, "env": server_env, "home": home, "before": json.loads(before.stdout)}
 
 
 def _post(api, path: str, body, key: str | None = KEY) -> httpx.Response:
@@ -145,7 +124,7 @@ def test_mmrag_query_uses_the_running_server(api):
 
 def test_a_public_bind_needs_a_key_and_stopping_withdraws_the_server(api):
     env = {k: v for k, v in api["env"].items() if k != "MMRAG_API_KEY"}
-    res = _cli(env, "api", "--host", "0.0.0.0", "--port", str(_free_port()), timeout=60)
+    res = _cli(env, "api", "--host", "0.0.0.0", "--port", str(free_port()), timeout=60)
     assert res.returncode == 2 and "MMRAG_API_KEY" in res.stderr
     proc = api["proc"]
     assert (api["home"] / "api.json").exists()

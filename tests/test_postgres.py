@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import test_orchestration as orch
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from helpers import free_port
 
 from mmrag.config import Settings
 from mmrag.orchestration.instance import (
@@ -38,12 +38,6 @@ def _pg_bin() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def pg_server():
         res = subprocess.run([*as_user, *cmd], check=False, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, f"{cmd[0]}: {res.stdout[-1500:]}{res.stderr[-1500:]}"
 
-    data, port = tmp / "data", _free_port()
+    data, port = tmp / "data", free_port()
     pwfile = tmp / "pw"
     pwfile.write_text(PASSWORD + "\n")
     if as_user:

@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from conftest import REPO, isolated_env
-from helpers import TEXT, cli_json, store
+from helpers import TEXT, api_server, cli_json, store
 from openai_server import FakeOpenAIServer, prompt_text
-from test_api import _cli, _free_port
+from test_api import _cli
 from test_eval import SAMPLES, _slice
 from test_ui import _env
 
@@ -169,36 +165,6 @@ def test_query_in_a_child_process_with_the_llm_server_s_url(indexed, server):
     assert hits and hits[0]["file"] == "pochards.md", hits
     the_question_was_embedded(server, question)
     assert server.count("/v1/chat/completions") == 0  # no --answer
-
-
-@contextmanager
-def api_server(env: dict):
-    """`mmrag api` on a free port (a child process, as test_api runs it); stopped with SIGINT on exit,
-    which withdraws its api.json (so later `mmrag query`s answer in-process)."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "api", "--port", str(port)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"mmrag api exited:\n{proc.stdout.read()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "mmrag api did not come up"
-            time.sleep(0.3)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 def test_http_api_query(indexed, server):

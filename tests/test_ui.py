@@ -11,10 +11,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 from browser_tools import _ask, _loaded_images, _no_traceback, _texts, _wait
 from conftest import REPO, SAMPLE, copy_corpus
+from helpers import free_port, wait_ready
 from openai_server import FakeOpenAIServer
 
 QUESTION = "What does the duck eat?"
@@ -52,33 +51,22 @@ def index(tmp_path_factory):
     return tmp, env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def ui_server(tmp: Path, env: dict[str, str]):
     """`mmrag ui` on a free port; yields its URL once /_stcore/health says ok; stops it afterwards."""
-    port = _free_port()
+    port = free_port()
     log = tmp / f"ui-{port}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "ui", "--port", str(port)], env=env, cwd=tmp,
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.read().decode().strip() == "ok"
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"mmrag ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"mmrag ui did not come up:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_ready("mmrag ui", healthy, proc, 60, lambda: log.read_text()[-3000:])
         yield url, log
     finally:
         if proc.poll() is None:
