@@ -25,6 +25,16 @@ def _served_lite_uri(home: Path) -> str:
     return served_lite_uri(home)
 
 
+def _served_embeddings(env: Mapping[str, str], home: Path, text_model: str, backend: str, clip: str) -> str:
+    """MMRAG_EMBED_SERVICE_URL ("off" = none), else the service `mmrag up` runs for these models."""
+    url = env.get("MMRAG_EMBED_SERVICE_URL", "").strip()
+    if url:
+        return "" if url == "off" else url
+    from mmrag.serve.discovery import served_embeddings
+
+    return served_embeddings(home, text_model if backend == "sentence-transformers" else "", clip)
+
+
 SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
 
@@ -58,6 +68,9 @@ class Settings:
     text_embed_backend: str = "sentence-transformers"  # or "openai": a server's /v1/embeddings
     text_embed_url: str = ""  # backend "openai": the embedding server ("" = the LLM server, MMRAG_LLM_URL)
     text_embed_api_key: str = ""  # its key ("" = MMRAG_LLM_API_KEY)
+    # the warm embedding service (`mmrag embed-server`, run by `mmrag up`) that computes this
+    # configuration's sentence-transformers and CLIP vectors; "" = load the models in this process
+    embed_service_url: str = ""
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"  # "random" = random weights (tests only), "off"
     pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
@@ -111,6 +124,10 @@ class Settings:
             text_embed_backend=env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
             text_embed_url=env.get("MMRAG_TEXT_EMBED_URL", d.text_embed_url),
             text_embed_api_key=env.get("MMRAG_TEXT_EMBED_API_KEY", d.text_embed_api_key),
+            embed_service_url=_served_embeddings(
+                env, home, env.get("MMRAG_TEXT_EMBED_MODEL") or d.text_embed_model,
+                env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
+                f"{env.get('MMRAG_CLIP_MODEL') or d.clip_model}/{env.get('MMRAG_CLIP_PRETRAINED') or d.clip_pretrained}"),
             clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
             clip_pretrained=env.get("MMRAG_CLIP_PRETRAINED") or d.clip_pretrained,
             pdf_parser=env.get("MMRAG_PDF_PARSER") or d.pdf_parser,

@@ -26,9 +26,12 @@ def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_fil
             n_img = 0 if emb.image_vectors is None else len(emb.image_vectors)
             row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images" + "".join(f"; {n}" for n in emb.notes))
         rows.append(row)
+    try:
+        image_model = f"{image.model_name}/{image.pretrained}" if image.enabled else f"off: {image.disabled_reason}"
+    except Exception as e:  # noqa: BLE001 - the embedding service is unreachable: its files failed above
+        image_model = f"unknown: {type(e).__name__}: {e}"
     context.add_output_metadata({
-        **outcome_counts(out), "text_model": text.model_name,
-        "image_model": f"{image.model_name}/{image.pretrained}" if image.enabled else f"off: {image.disabled_reason}",
+        **outcome_counts(out), "text_model": text.model_name, "image_model": image_model,
         "per_file": files_table(rows),
     })
     return out

@@ -31,9 +31,7 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
                    lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
                    data_dir: DataDirResource) -> dict:
     client = llm.client()
-    text = text_embedder.embedder(client)
     manifest = data_dir.manifest()
-    graph = lightrag.store(text, client, manifest)
     out, rows, batch, known = {}, [], [], {}
     written: dict[str, WrittenFile] = {}
     for key in context.partition_keys:
@@ -59,6 +57,10 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
             fields[key] = outcome.fields()
         return fields
 
+    if not batch:  # nothing for the graph: LightRAG is not opened (nor the embedder asked)
+        context.add_output_metadata({**outcome_counts(embeddings), "per_file": files_table(rows)})
+        return out
+    graph = lightrag.store(text_embedder.embedder(client), client, manifest)
     for key, result in graph.index_files(batch, known_vectors=known, on_commit=statuses).items():
         if isinstance(result, Exception):  # one file's graph failure does not stop the others
             reason = f"graph: {type(result).__name__}: {result}"

@@ -39,8 +39,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
     fingerprint, now = settings.fingerprint(), time.time()
     manifest = data_dir.manifest()
     roots = manifest.sources()
-    image = image_embedder.embedder()
-    store = milvus.index(text_embedder.embedder(llm.client()).dim, image.dim if image.enabled else None)
+    store = None  # opened for the first file with rows (the embedders' dims are known by then)
     out, rows = {}, []
     for key in context.partition_keys:
         emb = embeddings[key]
@@ -57,6 +56,9 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
             rows.append((key, emb.status, emb.reason + (f" (kept {rec.text_rows} existing rows)" if rec.text_rows else "")))
             continue
         text_rows, image_rows = milvus_rows(emb)
+        if store is None:
+            image = image_embedder.embedder()
+            store = milvus.index(text_embedder.embedder(llm.client()).dim, image.dim if image.enabled else None)
         t = store.replace_file(TEXT, key, text_rows)
         i = store.replace_file(IMAGE, key, image_rows) if store.has(IMAGE) else {"upserted": 0, "deleted": 0}
         raw = emb.raw
@@ -77,9 +79,11 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         out[key] = WrittenFile(True, commit, prior, len(text_rows), len(image_rows))
         rows.append((key, commit.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
                                          f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
-    store.flush()
+    if store is not None:
+        store.flush()
+    uri = milvus.settings().resolved_milvus_uri
     context.add_output_metadata({
-        **outcome_counts(embeddings), "uri": store.uri if not milvus.is_lite else f"Milvus Lite: {store.uri}",
+        **outcome_counts(embeddings), "uri": uri if not milvus.is_lite else f"Milvus Lite: {uri}",
         "fingerprint": fingerprint, "per_file": files_table(rows),
     })
     return out

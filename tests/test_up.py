@@ -3,7 +3,8 @@ API and the chat page as child processes over one index, with the loopback model
 Files copied, edited and deleted in the watched folder show up in (and go from) the API's hits and
 graph context; API queries and the chat page in a browser answer while runs write; an ingest run
 killed with SIGKILL is marked failed, its slots freed and its files indexed again, and the index then
-equals a clean ingest of the same folders; Ctrl-C leaves no child and no open port."""
+equals a clean ingest of the same folders; the embedding service killed with SIGKILL is restarted and a file
+written meanwhile is indexed; Ctrl-C leaves no child and no open port."""
 
 from __future__ import annotations
 
@@ -63,8 +64,11 @@ def up(tmp_path, llm):
             p.kill()
 
 
-def _ask(api: str, question: str, mode: str = "mix") -> dict:
+def _ask(api: str, question: str, mode: str = "mix", ok_only: bool = False) -> dict:
+    """The API's answer; `ok_only`: an error reply (a part restarting) counts as no hits."""
     r = httpx.post(f"{api}/v1/query", json={"question": question, "top_k": 5, "mode": mode}, timeout=60)
+    if ok_only and r.status_code != 200:
+        return {"hits": [], "graph_context": ""}
     r.raise_for_status()
     return r.json()
 
@@ -149,7 +153,16 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     wait_while_up("herons.md indexed again, graph context included",
           lambda: (r := _ask(api, "Which birds stalk frogs at dawn?")) and "herons.md" in _files(r)
           and "docs:herons.md" in r["graph_context"], 240, proc, log)
-    # A transient failure after the kill (a graph step retried with backoff) settles too: every file indexed.
+    # The embedding service is killed (SIGKILL): `up` restarts it, and a file written meanwhile is indexed
+    # (its run's files fail transiently while the service is down, and are redone after the backoff).
+    embed = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "embed-server" in p.cmdline())
+    embed.kill()
+    (docs / "coots.md").write_text("# Coots\n\nCoots patter across the water before they take off.\n")
+    wait_while_up("up restarting the embedding service", lambda: "restarting embed" in log.read_text(), 60, proc, log)
+    wait_while_up("coots.md found after the restart",
+                  lambda: "coots.md" in _files(_ask(api, "Which birds patter across the water?", ok_only=True)),
+                  240, proc, log)
+    # A transient failure after the kills (a graph step retried with backoff) settles too: every file indexed.
     wait_while_up("every file indexed", lambda: all(
         f["status"] == "indexed" for src in httpx.get(f"{api}/v1/status", timeout=60).json()["sources"].values()
         for f in src["files"]), 240, proc, log)
@@ -157,7 +170,7 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     wait_while_up("no run in flight", lambda: not instance.get_runs(RunsFilter(statuses=busy)), 120, proc, log)
 
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) >= 5  # milvus, daemon (+ its code server), webserver, api, ui
+    assert len(children) >= 6  # milvus, embedding service, daemon (+ its code server), webserver, api, ui
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
     time.sleep(1)

@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     pup.add_argument("--ui-port", type=int, default=8501)
     pup.add_argument("--dagster-port", type=int, default=3000)
     pup.add_argument("--milvus-port", type=int, default=0, help="default: a free port")
+    pup.add_argument("--no-embed-service", action="store_true",
+                     help="load the embedding models in each process instead of one warm service")
+    pes = sub.add_parser("embed-server", help="the warm embedding service: the text model and CLIP over an "
+                                              "OpenAI-compatible /v1/embeddings (mmrag up runs one)")
+    pes.add_argument("--host", default="127.0.0.1")
+    pes.add_argument("--port", type=int, default=8100)
     pu = sub.add_parser("ui", help="the chat page (Streamlit): ask, see the answer, cited chunks, images, frames")
     pu.add_argument("--port", type=int, default=8501)
     pu.add_argument("--host", default="127.0.0.1")
@@ -81,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     from mmrag.cli.admin import cmd_dev, cmd_eval, cmd_gc, cmd_status
     from mmrag.cli.ingest import cmd_ingest
     from mmrag.cli.query import cmd_query
-    from mmrag.cli.serve import cmd_api, cmd_ui, cmd_up
+    from mmrag.cli.serve import cmd_api, cmd_embed_server, cmd_ui, cmd_up
     from mmrag.index.milvus_store import IndexBusyError
     from mmrag.orchestration.runs import skip_exit_collection
 
     skip_exit_collection()
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api, "up": cmd_up}[args.cmd](args)
+                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api, "up": cmd_up, "embed-server": cmd_embed_server}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY

@@ -61,6 +61,26 @@ def cmd_api(args) -> int:
     return 0
 
 
+def cmd_embed_server(args) -> int:
+    """The warm embedding service (mmrag.serve.embeddings): loads the models, then listens."""
+    import uvicorn
+
+    from mmrag.serve.embeddings import create_app
+
+    if refused := _public_without_key(args.host):
+        print(refused, file=sys.stderr)
+        return EXIT_BAD_ROOT
+    settings = Settings.from_env()
+    print(f"mmrag embed-server: loading models, then http://{args.host}:{args.port}/v1 (POST /v1/embeddings)",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_ui(args) -> int:
     """The chat page (Streamlit), on this machine's index. Streamlit replaces this process (exec), so
     a signal to `mmrag ui` stops the server, and with it its hold on a Milvus Lite index."""
@@ -123,6 +143,17 @@ def cmd_up(args) -> int:
         return EXIT_BAD_ROOT
     workspace = str(REPO_ROOT / "workspace.yaml")
     me = [sys.executable, "-m", "mmrag.cli"]
+    embed = None
+    if not args.no_embed_service and not os.environ.get("MMRAG_EMBED_SERVICE_URL"):
+        # one warm copy of the embedding models; runs, the API, the chat page and eval are its clients
+        from mmrag.serve.embeddings import clip_name
+
+        port = free_port()
+        children.append(Child("embed", [*me, "embed-server", "--port", str(port)], ready_port=port,
+                              listens=f"http://127.0.0.1:{port}/v1 (embedding service: text model and CLIP)"))
+        env["MMRAG_EMBED_SERVICE_URL"] = f"http://127.0.0.1:{port}/v1"
+        embed = {"url": env["MMRAG_EMBED_SERVICE_URL"], "clip": clip_name(settings),
+                 "text_model": settings.text_embed_model if settings.text_embed_backend == "sentence-transformers" else ""}
     children += [
         Child("daemon", [venv_tool("dagster-daemon"), "run", "-w", workspace]),
         Child("dagster", [venv_tool("dagster-webserver"), "-w", workspace, "-h", args.host, "-p", str(args.dagster_port)],
@@ -138,7 +169,11 @@ def cmd_up(args) -> int:
     if settings.is_milvus_lite:  # other processes on this data dir find the server (Settings.from_env)
         sup.on_started["milvus"] = lambda child: discovery.announce(settings.home, discovery.MILVUS,
                                                                     {"uri": env["MMRAG_MILVUS_URI"]}, pid=child.proc.pid)
+    if embed:  # `mmrag ingest`, `query` and `eval` in other shells use it too (Settings.from_env)
+        sup.on_started["embed"] = lambda child: discovery.announce(settings.home, discovery.EMBED, embed,
+                                                                   pid=child.proc.pid)
     try:
         return run_children(sup, manifest)
     finally:
         discovery.withdraw(settings.home, discovery.MILVUS, pid=0)
+        discovery.withdraw(settings.home, discovery.EMBED, pid=0)

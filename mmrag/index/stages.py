@@ -138,6 +138,17 @@ def embed_stage(doc: ParsedDocument | FileOutcome, raw: RawFile | FileOutcome, t
     if isinstance(doc, FileOutcome):
         return doc
     chunks = chunk_document(doc, chunk_size, chunk_overlap, window_s)
+    try:
+        vectors, image_chunks, image_vectors, notes = _embed(doc, chunks, text_embedder, image_embedder)
+    except Exception as e:  # one file's failure must not stop the run's other files
+        transient = getattr(e, "retryable", False) or isinstance(e, (ConnectionError, TimeoutError))
+        return FileOutcome(doc.file_key, Status.FAILED, f"embedding failed: {type(e).__name__}: {e}",
+                           raw.content_hash, raw.size, raw.mtime, failure_kind=TRANSIENT if transient else CONTENT)
+    return EmbeddedFile(doc, raw, chunks, vectors, image_chunks, image_vectors, notes)
+
+
+def _embed(doc: ParsedDocument, chunks: list[Chunk], text_embedder, image_embedder):
+    """The text chunks' vectors, and the pictures' chunks and vectors (when CLIP is on)."""
     vectors = text_embedder.embed([c.text for c in chunks])
     notes: list[str] = []
     image_chunks: list[Chunk] = []
@@ -157,7 +168,7 @@ def embed_stage(doc: ParsedDocument | FileOutcome, raw: RawFile | FileOutcome, t
         else:
             reason = image_embedder.disabled_reason if image_embedder is not None else "no image embedder"
             notes.append(f"{len(images)} images not embedded: {reason}")
-    return EmbeddedFile(doc, raw, chunks, vectors, image_chunks, image_vectors, notes)
+    return vectors, image_chunks, image_vectors, notes
 
 
 def milvus_rows(emb: EmbeddedFile):

@@ -81,6 +81,7 @@ class TextEmbedder:
                 out.extend(self._remote(texts[i : i + self.batch_size]))
             vecs = np.asarray(out, dtype=np.float32)
             vecs /= np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
+            self._dim = self._dim or int(vecs.shape[1])  # no probe request for the dimension later
         else:
             raise ValueError(f"unknown text embedding backend {self.backend!r}")
         self.seconds += time.perf_counter() - t0
@@ -162,19 +163,28 @@ class ImageEmbedder:
         return int(self._bundle[0].visual.output_dim)
 
     def embed_images(self, paths: Sequence[str]) -> np.ndarray:
-        import torch
         from PIL import Image
+
+        out = []
+        for i in range(0, len(paths), self.batch_size):
+            pictures = []
+            for p in paths[i : i + self.batch_size]:
+                with Image.open(p) as img:
+                    pictures.append(img.convert("RGB"))
+            out.append(self.embed_pictures(pictures))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed_pictures(self, pictures: Sequence) -> np.ndarray:
+        """Vectors of decoded pictures (PIL images), in batches."""
+        import torch
 
         if not self.enabled:
             raise RuntimeError(self.disabled_reason)
         model, preprocess, _ = self._bundle
         out = []
         t0 = time.perf_counter()
-        for i in range(0, len(paths), self.batch_size):
-            batch = []
-            for p in paths[i : i + self.batch_size]:
-                with Image.open(p) as img:
-                    batch.append(preprocess(img.convert("RGB")))
+        for i in range(0, len(pictures), self.batch_size):
+            batch = [preprocess(p.convert("RGB")) for p in pictures[i : i + self.batch_size]]
             with torch.inference_mode():
                 feats = model.encode_image(torch.stack(batch))
                 feats = feats / feats.norm(dim=-1, keepdim=True)

@@ -94,11 +94,16 @@ def text_embedder(settings: Settings, *, llm: Any = None, cached: bool = True):
                     t, s.text_embed_model))
         space = f"openai:{url.rstrip('/')}:{s.text_embed_model}"
     elif s.text_embed_backend == "sentence-transformers":
+        key = ("st", s.text_embed_model, s.embed_service_url)
         with _guard:
-            inner = _embedders.get(("st", s.text_embed_model))
-            if inner is None:
-                inner = _embedders[("st", s.text_embed_model)] = TextEmbedder(s.text_embed_model)
-        space = f"st:{s.text_embed_model}"
+            inner = _embedders.get(key)
+            if inner is None and s.embed_service_url:  # the same model, warm in the embedding service
+                from mmrag.models.served import served_text_embedder
+
+                inner = _embedders[key] = served_text_embedder(_service(s), s.text_embed_model)
+            elif inner is None:
+                inner = _embedders[key] = TextEmbedder(s.text_embed_model)
+        space = f"st:{s.text_embed_model}"  # the same vectors on either path
     else:
         raise ValueError(f"unknown text embedding backend {s.text_embed_backend!r}: sentence-transformers or openai")
     if not cached:
@@ -114,16 +119,33 @@ def image_embedder(settings: Settings, *, cached: bool = True):
     from mmrag.models.embedders import ImageEmbedder
 
     s = settings
-    key = ("clip", s.clip_model, s.clip_pretrained, str(s.cache_dir))
+    key = ("clip", s.clip_model, s.clip_pretrained, str(s.cache_dir), s.embed_service_url)
     with _guard:
         inner = _embedders.get(key)
-        if inner is None:
+        if inner is None and s.embed_service_url and s.clip_pretrained != "off":
+            from mmrag.models.served import ServedImageEmbedder
+
+            inner = _embedders[key] = ServedImageEmbedder(_service(s), s.clip_model, s.clip_pretrained)
+        elif inner is None:
             inner = _embedders[key] = ImageEmbedder(s.clip_model, s.clip_pretrained, cache_dir=Path(s.cache_dir))
-    if not cached or not inner.enabled:
+    # (a served CLIP is asked whether it is on when a picture needs it: the service may not be up yet)
+    if not cached or (not s.embed_service_url and not inner.enabled):
         return inner
     from mmrag.models.vector_cache import CachedImageEmbedder, VectorCache
 
     return CachedImageEmbedder(inner, VectorCache(s.cache_dir / "vectors.sqlite"), f"clip:{s.clip_model}/{s.clip_pretrained}")
+
+
+def _service(s: Settings) -> "LLMClient":
+    """The client of the warm embedding service (`mmrag.serve.embeddings`)."""
+    from mmrag.models.llm import LLMClient
+
+    key = ("service", s.embed_service_url, s.llm_timeout_s, s.llm_retries)
+    with _guard:
+        if key not in _llms:
+            _llms[key] = LLMClient(s.embed_service_url, "", concurrency=s.llm_concurrency, timeout_s=s.llm_timeout_s,
+                                   retries=s.llm_retries)
+        return _llms[key]
 
 
 # -- stores ----------------------------------------------------------------------------------------

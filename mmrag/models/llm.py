@@ -304,6 +304,18 @@ class LLMClient:
             out.extend(self._call(f"embeddings ({model})", send))
         return out
 
+    def model_info(self) -> dict[str, dict]:
+        """The server's `/models` listing, each model's whole record by id (a server may add fields:
+        the embedding service says each model's `dim` and why it is off)."""
+
+        def send() -> dict[str, dict]:
+            data = getattr(self._client.models.list(), "data", None)
+            if not isinstance(data, list):
+                raise _BadReply(f"unexpected /models reply: {str(data)[:200]!r}")
+            return {m.id: m.model_dump() for m in data}
+
+        return self._call("model listing", send)
+
     def list_models(self) -> list[str]:
         """Model ids the server serves (vLLM: the one `--served-model-name`)."""
 

@@ -5,6 +5,9 @@
 - `milvus-server.json`: the Milvus Lite server that `mmrag up` runs on the data dir; every other
   process (`mmrag ingest`, `query`, `gc`, the runs) connects to it instead of opening the locked data
   dir (`Settings.from_env`).
+- `embed-service.json`: the warm embedding service that `mmrag up` runs (`mmrag.serve.embeddings`) and
+  the models it serves; a process whose text model and CLIP are those uses it instead of loading them
+  (`Settings.from_env`).
 
 Each file names its owner process (`mmrag.orchestration.runs.owner_tags`: host, pid, start time); a
 file whose owner is gone is ignored, so a killed service leaves nothing that misleads.
@@ -21,6 +24,7 @@ from mmrag.files import write_atomic
 
 API = "api.json"
 MILVUS = "milvus-server.json"
+EMBED = "embed-service.json"
 
 
 def announce(home: Path, name: str, info: dict, pid: int | None = None) -> Path:
@@ -59,6 +63,15 @@ def served_lite_uri(home: Path) -> str:
     """The URI of the Milvus Lite server `mmrag up` runs on this data dir, or "" when none runs."""
     info = lookup(home, MILVUS)
     return info.get("uri", "") if info else ""
+
+
+def served_embeddings(home: Path, text_model: str, clip: str) -> str:
+    """The URL of the embedding service `mmrag up` runs on this data dir when it serves this text model
+    and CLIP (`<model>/<pretrained>`), or "" (none runs, or it serves other models)."""
+    info = lookup(home, EMBED)
+    if not info or info.get("text_model") != text_model or info.get("clip") != clip:
+        return ""
+    return info.get("url", "")
 
 
 def running_api(home: Path) -> str | None:

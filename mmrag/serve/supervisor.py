@@ -4,10 +4,12 @@ Children, started in this order and stopped in the reverse one:
 1. the Milvus server: Milvus Lite's own gRPC server (`milvus-lite server`) on the data dir that the
    embedded default uses, so the index ingested by `mmrag ingest` is the one served; skipped when
    MMRAG_MILVUS_URI names a server. Every other child talks to it over gRPC: many processes, one index.
-2. `dagster-daemon` (the `watch_folders` sensor and the `reindex_schedule` run, MMRAG_AUTOMATION=on;
+2. the embedding service (`mmrag embed-server`, `mmrag.serve.embeddings`): the text model and CLIP, warm,
+   for every other child (MMRAG_EMBED_SERVICE_URL); skipped with `--no-embed-service`;
+3. `dagster-daemon` (the `watch_folders` sensor and the `reindex_schedule` run, MMRAG_AUTOMATION=on;
    the sensor ticks every MMRAG_SENSOR_INTERVAL_S) and `dagster-webserver`, on the project's workspace
    and the CLI's DAGSTER_HOME;
-3. the query API (`mmrag api`) and the chat page (`mmrag ui`).
+4. the query API (`mmrag api`) and the chat page (`mmrag ui`).
 
 A child that exits is reported with its exit status and the last lines of its log
 ($MMRAG_HOME/logs/<name>.log) and started again, at most `RESTARTS` times; then `up` stops everything
