@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import cli_json
 from openai_server import lightrag_aware, prompt_text
 
@@ -50,6 +51,7 @@ def _slice(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_eval_cli_gives_the_recall_the_slice_was_built_to_give(mmrag_env, tmp_path, capsys, openai_server, monkeypatch):
     monkeypatch.setenv("MMRAG_LLM_URL", openai_server.base_url)
     monkeypatch.setenv("MMRAG_LLM_MODEL", "fake-llm")

@@ -98,6 +98,7 @@ def test_page_loads_asks_and_shows_hits_and_an_image(index, browser):
         _no_traceback(browser)
 
 
+@pytest.mark.slow
 def test_answer_cites_hits_and_llm_errors_show_as_messages(index, browser):
     tmp, env = index
     with FakeOpenAIServer() as fake:
