@@ -87,11 +87,11 @@ def text_embedder(settings: Settings, *, llm: Any = None, cached: bool = True):
             inner = _embedders.get(key)
             if inner is None:
                 from mmrag.models.llm import LLMClient
+                from mmrag.models.served import served_text_embedder
 
                 server = LLMClient(url, s.text_embed_model, api_key=api_key, concurrency=s.llm_concurrency,
                                    timeout_s=s.llm_timeout_s, retries=s.llm_retries)
-                inner = _embedders[key] = TextEmbedder(s.text_embed_model, "openai", remote_embed=lambda t: server.embed(
-                    t, s.text_embed_model))
+                inner = _embedders[key] = served_text_embedder(server, s.text_embed_model)
         space = f"openai:{url.rstrip('/')}:{s.text_embed_model}"
     elif s.text_embed_backend == "sentence-transformers":
         key = ("st", s.text_embed_model, s.embed_service_url)

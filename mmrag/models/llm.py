@@ -318,14 +318,7 @@ class LLMClient:
 
     def list_models(self) -> list[str]:
         """Model ids the server serves (vLLM: the one `--served-model-name`)."""
-
-        def send() -> list[str]:
-            data = getattr(self._client.models.list(), "data", None)
-            if not isinstance(data, list):
-                raise _BadReply(f"unexpected /models reply: {str(data)[:200]!r}")
-            return [m.id for m in data]
-
-        return self._call("model listing", send)
+        return list(self.model_info())
 
     # -- asyncio (LightRAG) ----------------------------------------------------------------------
     def _async_sem(self) -> asyncio.Semaphore:

@@ -19,7 +19,8 @@ from mmrag.models.llm import LLMClient, guess_image_mime
 
 
 def served_text_embedder(client: LLMClient, model: str) -> TextEmbedder:
-    """The text model on the service, as a TextEmbedder whose model name is the in-process one."""
+    """`model` on a server's /v1/embeddings (the embedding service, or vLLM serving an embedding model)
+    as a TextEmbedder."""
     return TextEmbedder(model, "openai", remote_embed=lambda texts: client.embed(texts, model))
 
 
