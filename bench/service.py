@@ -1,18 +1,21 @@
 """Benchmark (not a test): the service. Freshness and queries under ingest through `mmrag up`, and the
 query API's warm latency against today's cold `mmrag query` at 10k and 100k rows.
 
-1. Freshness: `mmrag up` on a fresh data dir (no LLM, CLIP with random weights, the sensor every
-   `--interval` s). Files are written to the watched folder in batches; for each file, the time from
-   its write to its first hit through `POST /v1/query`, p50/p95, next to the aim: sensor interval +
-   the file's ingest run (from the Dagster run's start and end) + 5 s. Meanwhile 4 client threads
-   ask the API without pause: queries/s and failures while runs write.
+1. Freshness, before/after the warm services: `mmrag up` on a fresh data dir (no LLM, CLIP with
+   random weights, the sensor every `--interval` s, `--indexed` files ingested first), once without
+   the embedding and parse services (`--no-embed-service --no-parse-service`: each run loads its
+   models and starts Docling) and once with them. Small files are written one at a time; for each, the
+   time from its write to its first hit through `POST /v1/query`, p50/p95 (aim: interval + 5 s); the
+   runs' time by part (queued, launch = process start and code load, each step, other) from the
+   Dagster event log; the peak RSS of each part of `up` and of the largest run (polled process
+   trees). `--clients N` threads ask the API meanwhile.
 2. Query latency: the rows of `bench/query.py` (10k and 100k text rows from the MMLongBench slice,
    which needs ../shared/eval) written once; then `mmrag api` on that data dir answers the slice's
    questions (warm p50/p95 over HTTP, mode naive, no images), and `mmrag query` without a server
    (a fresh process per question: load + query) for a few of them.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/service.py [--files 20] [--batch 5] [--interval 5]
-                                                      [--sizes 10000,100000] [--skip-latency] [--json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/service.py [--files 8] [--interval 2] [--indexed 0] [--clients 0]
+                              [--modes cold,warm] [--sizes 10000,100000] [--skip-latency] [--json]
 """
 
 from __future__ import annotations
@@ -62,7 +65,88 @@ def _wait_http(url: str, timeout: float, proc=None) -> None:
     raise TimeoutError(url)
 
 
-def freshness(files: int, batch: int, interval: int) -> dict:
+def _seed(home: Path, docs: Path, n: int) -> float:
+    """`n` small Markdown files indexed before `up` starts (one `mmrag ingest`); returns its seconds."""
+    for i in range(n):
+        (docs / f"old_{i:05d}.md").write_text(f"# Old note {i}\n\nAn older note about {WORDS[i % len(WORDS)]} {i}.\n")
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(docs), "--json"], env=_env(home), cwd=REPO,
+                   check=True, capture_output=True, timeout=7200)
+    return time.monotonic() - t0
+
+
+class _RssSampler:
+    """Peak resident memory per part of `up`, polled: each direct child of `up` with its descendants
+    (milvus, embed, parse, daemon, dagster, api, ui), except run processes (`execute_run`), counted
+    apart with their own children (a parse worker of their own, when there is no parse service)."""
+
+    PARTS = (("milvus-lite", "milvus"), ("embed-server", "embed"), ("parse-server", "parse"),
+             ("dagster-daemon", "daemon"), ("dagster-webserver", "dagster"), (" api ", "api"), ("streamlit", "ui"),
+             (" ui ", "ui"))
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        self.pid, self.every_s = pid, every_s
+        self.peak: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _part(self, proc, cmd: str) -> str:
+        for needle, name in self.PARTS:
+            if needle in f" {cmd} ":
+                return name
+        return "other"
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            top = psutil.Process(self.pid)
+            kids = top.children()
+        except psutil.Error:
+            return
+        sums: dict[str, int] = {}
+        runs: list[int] = []
+        for kid in kids:
+            try:
+                part = self._part(kid, " ".join(kid.cmdline()))
+                tree = [kid, *kid.children(recursive=True)]
+            except psutil.Error:
+                continue
+            run_pids: set[int] = set()
+            for p in tree:
+                try:
+                    if "execute_run" in " ".join(p.cmdline()):
+                        sub = [p, *p.children(recursive=True)]
+                        run_pids.update(q.pid for q in sub)
+                        runs.append(sum(q.memory_info().rss for q in sub))
+                except psutil.Error:
+                    continue
+            for p in tree:
+                if p.pid in run_pids:
+                    continue
+                try:
+                    sums[part] = sums.get(part, 0) + p.memory_info().rss
+                except psutil.Error:
+                    continue
+        total = sum(sums.values()) + sum(runs)
+        for name, v in [*sums.items(), ("run (largest)", max(runs, default=0)), ("up (all parts)", total)]:
+            self.peak[name] = max(self.peak.get(name, 0), v)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self._sample()
+
+    def result(self) -> dict[str, int]:
+        self.stop.set()
+        self.thread.join(5)
+        return {k: round(v / 2**20) for k, v in sorted(self.peak.items())}
+
+
+def freshness(files: int, interval: int, warm: bool, indexed: int = 0, clients: int = 0) -> dict:
+    """`mmrag up` on a fresh data dir (`indexed` files ingested first); `files` small files written one at
+    a time, each waited for through `POST /v1/query`. `warm`: with the embedding and parse services
+    (today's default), else `--no-embed-service --no-parse-service` (each run loads its models)."""
     import httpx
 
     from mmrag.serve.supervisor import free_port
@@ -70,14 +154,17 @@ def freshness(files: int, batch: int, interval: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="mmrag-service-bench-"))
     docs, home = tmp / "docs", tmp / "home"
     docs.mkdir()
+    seed_s = _seed(home, docs, indexed) if indexed else 0.0
     (docs / "seed.md").write_text("# Seed\n\nA seed file so that the first run loads the models.\n")
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     log = open(tmp / "up.log", "wb")
+    flags = [] if warm else ["--no-embed-service", "--no-parse-service"]
     proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "up", str(docs), "--api-port", str(api_port),
-                             "--ui-port", str(free_port()), "--dagster-port", str(free_port())],
+                             "--ui-port", str(free_port()), "--dagster-port", str(free_port()), *flags],
                             env=_env(home, MMRAG_SENSOR_INTERVAL_S=str(interval)), cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT)
+    rss = _RssSampler(proc.pid)
     stop = threading.Event()
     load = {"ok": 0, "failed": 0, "lat": []}
 
@@ -96,37 +183,36 @@ def freshness(files: int, batch: int, interval: int) -> dict:
             n += 1
 
     def found(name: str, word: str) -> bool:
-        r = httpx.post(f"{api}/v1/query", json={"question": f"{word} survey notes", "top_k": 10}, timeout=60)
+        r = httpx.post(f"{api}/v1/query", json={"question": f"{word} survey notes", "top_k": 10, "mode": "naive",
+                                                "images": False}, timeout=60)
         return r.status_code == 200 and any(h["file"] == name for h in r.json()["hits"])
 
+    t_up = time.monotonic()
     try:
-        _wait_http(f"{api}/healthz", 300, proc)
-        deadline = time.monotonic() + 600
+        _wait_http(f"{api}/healthz", 600, proc)
+        deadline = time.monotonic() + 900
         while not found("seed.md", "seed"):
             if time.monotonic() > deadline:
                 raise TimeoutError("the seed file was not indexed")
             time.sleep(1)
-        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+        up_s = time.monotonic() - t_up
+        time.sleep(interval + 2)  # the seed's run and its sensor tick are over
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
         for t in threads:
             t.start()
         t_load = time.monotonic()
         per_file: dict[str, dict] = {}
-        for b in range(0, files, batch):
-            names = []
-            for i in range(b, min(b + batch, files)):
-                word = f"{WORDS[i % len(WORDS)]}{i}"
-                name = f"survey_{i:03d}.md"
-                (docs / name).write_text(f"# Survey {i}\n\nThe {word} survey notes count {i + 3} birds at dawn.\n")
-                per_file[name] = {"word": word, "written": time.time()}
-                names.append(name)
-            pending = set(names)
-            deadline = time.monotonic() + 900
-            while pending and time.monotonic() < deadline:
-                for name in sorted(pending):
-                    if found(name, per_file[name]["word"]):
-                        per_file[name]["hit"] = time.time()
-                        pending.discard(name)
-                time.sleep(0.5)
+        for i in range(files):
+            word = f"{WORDS[i % len(WORDS)]}{i}"
+            name = f"survey_{i:03d}.md"
+            (docs / name).write_text(f"# Survey {i}\n\nThe {word} survey notes count {i + 3} birds at dawn.\n")
+            per_file[name] = {"word": word, "written": time.time()}
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if found(name, word):
+                    per_file[name]["hit"] = time.time()
+                    break
+                time.sleep(0.25)
         stop.set()
         for t in threads:
             t.join(70)
@@ -134,6 +220,7 @@ def freshness(files: int, batch: int, interval: int) -> dict:
         runs = _runs(home / "dagster")
     finally:
         stop.set()
+        peak = rss.result()
         if proc.poll() is None:
             proc.send_signal(2)
             try:
@@ -143,35 +230,61 @@ def freshness(files: int, batch: int, interval: int) -> dict:
         log.close()
     rows = []
     for name, f in per_file.items():
-        run = next((r for r in runs if r["start_key"] <= f"docs:{name}" <= r["end_key"] and r["start"] >= f["written"] - 1), None)
-        run_s = run["end"] - run["start"] if run else None
         lag = f.get("hit", float("nan")) - f["written"]
-        aim = interval + run_s + 5 if run_s is not None else None
-        rows.append({"file": name, "freshness_s": round(lag, 2), "run_s": round(run_s, 1) if run_s else None,
-                     "aim_s": round(aim, 1) if aim else None, "within_aim": bool(aim and lag <= aim)})
+        rows.append({"file": name, "freshness_s": round(lag, 2)})
     lags = [r["freshness_s"] for r in rows if r["freshness_s"] == r["freshness_s"]]
+    mine = [r for r in runs if r["start_key"].startswith("docs:survey_")]
+    parts = {k: round(statistics.median([r["parts"].get(k, 0.0) for r in mine]), 2)
+             for k in sorted({k for r in mine for k in r["parts"]})} if mine else {}
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": files, "batch": batch, "sensor_interval_s": interval,
-            "freshness_p50_s": round(statistics.median(lags), 2), "freshness_p95_s": round(_pct(lags, 0.95), 2),
-            "within_aim": sum(r["within_aim"] for r in rows), "per_file": rows,
-            "under_ingest": {"seconds": round(load_s, 1), "queries_ok": load["ok"], "queries_failed": load["failed"],
-                             "queries_per_s": round(load["ok"] / load_s, 2),
-                             "p50_ms": round(1000 * statistics.median(load["lat"]), 1) if load["lat"] else None}}
+    out = {"mode": "warm services" if warm else "no services", "files": files, "indexed_before": indexed,
+           "seed_ingest_s": round(seed_s, 1), "sensor_interval_s": interval, "up_ready_s": round(up_s, 1),
+           "freshness_p50_s": round(statistics.median(lags), 2) if lags else None,
+           "freshness_p95_s": round(_pct(lags, 0.95), 2) if lags else None, "missed": len(rows) - len(lags),
+           "runs": len(mine), "run_parts_median_s": parts, "rss_peak_mb": peak, "per_file": rows}
+    if clients:
+        out["under_ingest"] = {"clients": clients, "seconds": round(load_s, 1), "queries_ok": load["ok"],
+                               "queries_failed": load["failed"], "queries_per_s": round(load["ok"] / load_s, 2),
+                               "p50_ms": round(1000 * statistics.median(load["lat"]), 1) if load["lat"] else None}
+    return out
 
 
 def _runs(dagster_home: Path) -> list[dict]:
-    """Ingest runs with their partition range and start/end times (the Dagster instance)."""
+    """Ingest runs: partition range and, from the event log, where each run's time went: `queued`
+    (enqueued -> the daemon launches it), `launch` (launched -> the run process has loaded the code and
+    starts), each step (STEP_START -> its end), `other` (the rest of the run process's life)."""
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    from dagster import DagsterInstance, RunsFilter
+    from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
     out = []
     with DagsterInstance.get() as inst:
         for rec in inst.get_run_records(filters=RunsFilter(job_name="ingest_job")):
-            tags = rec.dagster_run.tags
-            if rec.start_time and rec.end_time:
-                out.append({"start_key": tags.get("dagster/asset_partition_range_start", ""),
-                            "end_key": tags.get("dagster/asset_partition_range_end", ""),
-                            "start": rec.start_time, "end": rec.end_time})
+            run = rec.dagster_run
+            tags = run.tags
+            t: dict[str, float] = {}
+            steps: dict[str, float] = {}
+            opened: dict[str, float] = {}
+            for e in inst.all_logs(run.run_id):
+                ev = e.dagster_event
+                if ev is None:
+                    continue
+                kind = ev.event_type
+                if kind in (DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START,
+                            DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE):
+                    t.setdefault(kind.value, e.timestamp)
+                elif kind == DagsterEventType.STEP_START:
+                    opened[ev.step_key] = e.timestamp
+                elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE) and ev.step_key in opened:
+                    steps[ev.step_key] = e.timestamp - opened[ev.step_key]
+            end = t.get("RUN_SUCCESS") or t.get("RUN_FAILURE")
+            if not end or "RUN_START" not in t:
+                continue
+            parts = {"queued": t.get("RUN_STARTING", t["RUN_START"]) - t.get("RUN_ENQUEUED", t.get("RUN_STARTING", t["RUN_START"])),
+                     "launch": t["RUN_START"] - t.get("RUN_STARTING", t["RUN_START"]), **steps}
+            parts["other"] = max(0.0, (end - t["RUN_START"]) - sum(steps.values()))
+            out.append({"start_key": tags.get("dagster/asset_partition_range_start", ""),
+                        "end_key": tags.get("dagster/asset_partition_range_end", ""), "parts": parts,
+                        "total": end - t.get("RUN_ENQUEUED", t.get("RUN_STARTING", t["RUN_START"]))})
     return out
 
 
@@ -222,28 +335,54 @@ def latency(sizes: list[int], cold_n: int = 3) -> dict:
     return out
 
 
+def _print_freshness(results: list[dict]) -> None:
+    print("freshness through `mmrag up` (file written -> first hit of POST /v1/query), one file at a time:")
+    cols = [r["mode"] for r in results]
+    print(f"{'':34s}" + "".join(f"{c:>16s}" for c in cols))
+
+    def row(label: str, values) -> None:
+        print(f"{label:34s}" + "".join(f"{'' if v is None else v:>16}" for v in values))
+
+    r0 = results[0]
+    row("files (indexed before)", [f"{r['files']} ({r['indexed_before']})" for r in results])
+    row(f"freshness p50 s (aim {r0['sensor_interval_s']}+5)", [r["freshness_p50_s"] for r in results])
+    row("freshness p95 s", [r["freshness_p95_s"] for r in results])
+    row("up ready (seed found) s", [r["up_ready_s"] for r in results])
+    keys = sorted({k for r in results for k in r["run_parts_median_s"]})
+    for k in keys:
+        row(f"  run part {k} s (median)", [r["run_parts_median_s"].get(k) for r in results])
+    names = sorted({k for r in results for k in r["rss_peak_mb"]})
+    for k in names:
+        row(f"  peak RSS {k} MB", [r["rss_peak_mb"].get(k) for r in results])
+    if len(results) == 2 and results[0]["freshness_p50_s"] and results[1]["freshness_p50_s"]:
+        print(f"p50 ratio {results[1]['mode']} / {results[0]['mode']}: "
+              f"{results[1]['freshness_p50_s'] / results[0]['freshness_p50_s']:.2f}")
+    for r in results:
+        if "under_ingest" in r:
+            u = r["under_ingest"]
+            print(f"{r['mode']}: {u['clients']} clients while runs write: {u['queries_ok']} ok, {u['queries_failed']} "
+                  f"failed in {u['seconds']} s = {u['queries_per_s']} queries/s, p50 {u['p50_ms']} ms")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--files", type=int, default=20)
-    p.add_argument("--batch", type=int, default=5)
-    p.add_argument("--interval", type=int, default=5, help="the sensor's interval (MMRAG_SENSOR_INTERVAL_S)")
+    p.add_argument("--files", type=int, default=8)
+    p.add_argument("--interval", type=int, default=2, help="the sensor's interval (MMRAG_SENSOR_INTERVAL_S)")
+    p.add_argument("--indexed", type=int, default=0, help="small files indexed before `up` starts")
+    p.add_argument("--clients", type=int, default=0, help="threads asking the API meanwhile")
+    p.add_argument("--modes", default="cold,warm", help="cold (no services), warm (embedding + parse services)")
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    res = {"freshness": freshness(args.files, args.batch, args.interval)}
+    res = {"freshness": [freshness(args.files, args.interval, mode == "warm", args.indexed, args.clients)
+                         for mode in args.modes.split(",")]}
     if not args.skip_latency:
         res["latency"] = latency([int(x) for x in args.sizes.split(",")])
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    f = res["freshness"]
-    print(f"freshness over {f['files']} files (batches of {f['batch']}, sensor every {f['sensor_interval_s']} s): "
-          f"p50 {f['freshness_p50_s']} s, p95 {f['freshness_p95_s']} s; within the aim (interval + run + 5 s): "
-          f"{f['within_aim']}/{f['files']}")
-    u = f["under_ingest"]
-    print(f"4 clients while runs write: {u['queries_ok']} ok, {u['queries_failed']} failed in {u['seconds']} s = "
-          f"{u['queries_per_s']} queries/s, p50 {u['p50_ms']} ms")
+    _print_freshness(res["freshness"])
     for n, r in (res.get("latency") or {}).items():
         if n == "skipped":
             print(f"latency: skipped ({r})")

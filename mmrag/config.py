@@ -71,6 +71,9 @@ class Settings:
     # the warm embedding service (`mmrag embed-server`, run by `mmrag up`) that computes this
     # configuration's sentence-transformers and CLIP vectors; "" = load the models in this process
     embed_service_url: str = ""
+    # runs send their files to the warm parse service `mmrag up` runs (`mmrag parse-server`) when its
+    # worker configuration is theirs; False (MMRAG_PARSE_SERVICE=off) = a parse worker per run
+    parse_service: bool = True
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"  # "random" = random weights (tests only), "off"
     pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
@@ -152,6 +155,7 @@ class Settings:
             retry_backoff_s=float(env.get("MMRAG_RETRY_BACKOFF_S") or d.retry_backoff_s),
             retry_backoff_max_s=float(env.get("MMRAG_RETRY_BACKOFF_MAX_S") or d.retry_backoff_max_s),
             slot_wait_s=float(env.get("MMRAG_SLOT_WAIT_S") or d.slot_wait_s),
+            parse_service=(env.get("MMRAG_PARSE_SERVICE") or "on").lower() not in ("0", "false", "no", "off"),
         )
 
     def with_(self, **kw) -> "Settings":

@@ -6,7 +6,7 @@ Points: `parse` (a file parsed), `describe` (a file described), `milvus` (a file
 its status `indexing`), `graph` (a file's graph in memory and its vectors in Milvus, nothing
 persisted), `graph-persisted` (LightRAG's files written, the manifest not yet), `graph-committed`
 (the manifest committed, the snapshot not yet dropped), `cleanup` (a deleted file's rows removed,
-its graph and manifest entry not yet).
+its graph and manifest entry not yet), `parse-service` (the parse service took a file, kills the service).
 """
 
 from __future__ import annotations

@@ -36,15 +36,18 @@ class ParserResource(ConfigurableResource):
 
     def supervisor(self, blobs: BlobStore, whisper=None):
         """A supervised parse worker for one run (per-file time and memory limits, pre-checks;
-        README, Bad inputs): `with parsers.supervisor(blobs, whisper) as sup: sup.parse(path, det, **ident)`."""
-        from mmrag.parsing.worker import ParseSupervisor, WorkerConfig
+        README, Bad inputs): `with parsers.supervisor(blobs, whisper) as sup: sup.parse(path, det, **ident)`.
+        Under `mmrag up`, a client of the warm parse service with the same guarantees
+        (`mmrag.parsing.service`), falling back to a worker of the run's own."""
+        from mmrag.parsing.service import supervised_parser
+        from mmrag.parsing.worker import WorkerConfig
 
         s = self.settings()
         if whisper is not None:
             w = whisper.settings()
             s = s.with_(whisper_backend=w.whisper_backend, whisper_model=w.whisper_model,
                         whisper_language=w.whisper_language)
-        return ParseSupervisor(WorkerConfig.from_settings(s, blobs.root))
+        return supervised_parser(WorkerConfig.from_settings(s, blobs.root), s.home, s.parse_service)
 
     def parse(self, path: Path, detected: Detected, blobs: BlobStore, **ident) -> ParsedDocument:
         from mmrag.parsing.video_parser import FrameOptions

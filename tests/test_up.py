@@ -3,8 +3,8 @@ API and the chat page as child processes over one index, with the loopback model
 Files copied, edited and deleted in the watched folder show up in (and go from) the API's hits and
 graph context; API queries and the chat page in a browser answer while runs write; an ingest run
 killed with SIGKILL is marked failed, its slots freed and its files indexed again, and the index then
-equals a clean ingest of the same folders; the embedding service killed with SIGKILL is restarted and a file
-written meanwhile is indexed; Ctrl-C leaves no child and no open port."""
+equals a clean ingest of the same folders; the embedding and parse services killed with SIGKILL are restarted
+and a file written meanwhile is indexed; Ctrl-C leaves no child and no open port."""
 
 from __future__ import annotations
 
@@ -75,6 +75,17 @@ def _ask(api: str, question: str, mode: str = "mix", ok_only: bool = False) -> d
 
 def _files(res: dict) -> set[str]:
     return {h["file"] for h in res["hits"]}
+
+
+def _child(proc, name: str) -> psutil.Process:
+    """The live child process of `up` whose command line names `name`."""
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if name in p.cmdline():
+                return p
+        except psutil.Error:  # exited meanwhile (a zombie until up reaps it)
+            continue
+    raise LookupError(name)
 
 
 def _in_flight_run(instance, file_key: str):
@@ -153,12 +164,14 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     wait_while_up("herons.md indexed again, graph context included",
           lambda: (r := _ask(api, "Which birds stalk frogs at dawn?")) and "herons.md" in _files(r)
           and "docs:herons.md" in r["graph_context"], 240, proc, log)
-    # The embedding service is killed (SIGKILL): `up` restarts it, and a file written meanwhile is indexed
-    # (its run's files fail transiently while the service is down, and are redone after the backoff).
-    embed = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "embed-server" in p.cmdline())
-    embed.kill()
+    # The embedding and parse services are killed (SIGKILL): `up` restarts them, and a file written meanwhile
+    # is indexed (a run that finds the parse service gone parses with its own worker; its files fail
+    # transiently while the embedding service is down, and are redone after the backoff).
+    for name in ("embed-server", "parse-server"):
+        _child(proc, name).kill()
     (docs / "coots.md").write_text("# Coots\n\nCoots patter across the water before they take off.\n")
-    wait_while_up("up restarting the embedding service", lambda: "restarting embed" in log.read_text(), 60, proc, log)
+    wait_while_up("up restarting both services", lambda: "restarting embed" in (text := log.read_text())
+                  and "restarting parse" in text, 60, proc, log)
     wait_while_up("coots.md found after the restart",
                   lambda: "coots.md" in _files(_ask(api, "Which birds patter across the water?", ok_only=True)),
                   240, proc, log)
@@ -170,7 +183,7 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     wait_while_up("no run in flight", lambda: not instance.get_runs(RunsFilter(statuses=busy)), 120, proc, log)
 
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) >= 6  # milvus, embedding service, daemon (+ its code server), webserver, api, ui
+    assert len(children) >= 7  # milvus, embedding and parse services, daemon (+ its code server), webserver, api, ui
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
     time.sleep(1)

@@ -55,8 +55,15 @@ def _start_parse_worker(settings: Settings, rel_paths: list[str]) -> None:
     from mmrag.sources.filetypes import kind_by_name
 
     try:
+        config = WorkerConfig.from_settings(settings, BlobStore(settings.blobs_dir).root)
+        if settings.parse_service:
+            from mmrag.parsing.service import config_key
+            from mmrag.serve.discovery import served_parser
+
+            if served_parser(settings.home, config_key(config)):
+                return  # the warm parse service of `mmrag up` parses them
         kinds = sorted({kind_by_name(rel) for rel in rel_paths} - {"unknown"})
-        start_spare(WorkerConfig.from_settings(settings, BlobStore(settings.blobs_dir).root), kinds)
+        start_spare(config, kinds)
     except Exception as e:  # noqa: BLE001
         logging.getLogger(__name__).debug("no parse worker ahead of the run: %s", e)
 

@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     pup.add_argument("--milvus-port", type=int, default=0, help="default: a free port")
     pup.add_argument("--no-embed-service", action="store_true",
                      help="load the embedding models in each process instead of one warm service")
+    pup.add_argument("--no-parse-service", action="store_true",
+                     help="each run starts its own parse worker instead of one warm service")
+    pps = sub.add_parser("parse-server", help="the warm parse service: supervised parse workers that outlive "
+                                              "runs (mmrag up runs one)")
+    pps.add_argument("--port", type=int, default=0, help="default: a free port")
+    pps.add_argument("--workers", type=int, default=None,
+                     help="parse workers at most when runs parse at once (default MMRAG_PARSE_WORKERS or 2)")
     pes = sub.add_parser("embed-server", help="the warm embedding service: the text model and CLIP over an "
                                               "OpenAI-compatible /v1/embeddings (mmrag up runs one)")
     pes.add_argument("--host", default="127.0.0.1")
@@ -87,14 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     from mmrag.cli.admin import cmd_dev, cmd_eval, cmd_gc, cmd_status
     from mmrag.cli.ingest import cmd_ingest
     from mmrag.cli.query import cmd_query
-    from mmrag.cli.serve import cmd_api, cmd_embed_server, cmd_ui, cmd_up
+    from mmrag.cli.serve import (
+        cmd_api,
+        cmd_embed_server,
+        cmd_parse_server,
+        cmd_ui,
+        cmd_up,
+    )
     from mmrag.index.milvus_store import IndexBusyError
     from mmrag.orchestration.runs import skip_exit_collection
 
     skip_exit_collection()
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api, "up": cmd_up, "embed-server": cmd_embed_server}[args.cmd](args)
+                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api, "up": cmd_up,
+                "embed-server": cmd_embed_server, "parse-server": cmd_parse_server}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)
         return EXIT_BUSY

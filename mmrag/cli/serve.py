@@ -81,6 +81,21 @@ def cmd_embed_server(args) -> int:
     return 0
 
 
+def cmd_parse_server(args) -> int:
+    """The warm parse service (mmrag.parsing.service): supervised parse workers that outlive runs."""
+    from mmrag.parsing.service import serve_main
+    from mmrag.parsing.worker import WorkerConfig
+    from mmrag.sources.blobs import BlobStore
+
+    settings = Settings.from_env()
+    config = WorkerConfig.from_settings(settings, BlobStore(settings.blobs_dir).root)
+    print("mmrag parse-server: warming a parse worker", flush=True)
+    from mmrag.parsing.service import default_workers
+
+    return serve_main(config, settings.home, settings.state_path, port=args.port, workers=args.workers or default_workers(),
+                      say=lambda m: print(m, flush=True))
+
+
 def cmd_ui(args) -> int:
     """The chat page (Streamlit), on this machine's index. Streamlit replaces this process (exec), so
     a signal to `mmrag ui` stops the server, and with it its hold on a Milvus Lite index."""
@@ -154,6 +169,11 @@ def cmd_up(args) -> int:
         env["MMRAG_EMBED_SERVICE_URL"] = f"http://127.0.0.1:{port}/v1"
         embed = {"url": env["MMRAG_EMBED_SERVICE_URL"], "clip": clip_name(settings),
                  "text_model": settings.text_embed_model if settings.text_embed_backend == "sentence-transformers" else ""}
+    if not args.no_parse_service and settings.parse_service:
+        # one warm parse worker (Docling loaded) for every run; a run falls back to its own
+        port = free_port()
+        children.append(Child("parse", [*me, "parse-server", "--port", str(port)], ready_port=port,
+                              listens=f"127.0.0.1:{port} (parse service: supervised Docling/Whisper workers)"))
     children += [
         Child("daemon", [venv_tool("dagster-daemon"), "run", "-w", workspace]),
         Child("dagster", [venv_tool("dagster-webserver"), "-w", workspace, "-h", args.host, "-p", str(args.dagster_port)],
@@ -177,3 +197,4 @@ def cmd_up(args) -> int:
     finally:
         discovery.withdraw(settings.home, discovery.MILVUS, pid=0)
         discovery.withdraw(settings.home, discovery.EMBED, pid=0)
+        discovery.withdraw(settings.home, discovery.PARSE, pid=0)

@@ -107,7 +107,7 @@ def _warm_up(kind: str, pdf_parser: str) -> None:
         converter(kind == "pdf").initialize_pipeline(fmt)
 
 
-def _error_reply(e: BaseException) -> tuple:
+def error_reply(e: BaseException) -> tuple:
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
     if isinstance(e, (SkipFile, ParseError)):
         try:
@@ -177,11 +177,11 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
                              frames=frames, **ident)
             reply = ("ok", doc)
         except Exception as e:  # noqa: BLE001 - every parser error goes back to the parent
-            reply = _error_reply(e)
+            reply = error_reply(e)
         try:
             conn.send(reply)
         except Exception as e:  # an unpicklable result
-            conn.send(_error_reply(e))
+            conn.send(error_reply(e))
 
 
 # -- the parent -----------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def _rebuild_error(reply: tuple) -> BaseException:
+def rebuild_error(reply: tuple) -> BaseException:
     if reply[0] == "raise":
         import pickle
 
@@ -369,6 +369,20 @@ class ParseSupervisor:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def warm(self, kinds) -> None:
+        """Start the worker now and load the parsers of `kinds` (the parse service, before it listens
+        and after a worker was replaced). Raises ParseError when the worker dies meanwhile."""
+        if self._proc is not None and not self._proc.is_alive():
+            self._kill()
+        if self._proc is None:
+            self._start()
+        try:
+            self._conn.send(("warm", tuple(kinds)))
+        except (BrokenPipeError, OSError):
+            self._died()
+        while self._wait(started=False)[0] != "warmed":  # "ready" after the imports
+            pass
+
     # one file
     def parse(self, path: Path, detected, **ident):
         if detected.kind != "unknown" and detected.mime != "application/x-empty":  # those are skipped
@@ -387,7 +401,7 @@ class ParseSupervisor:
         reply = self._wait(started=True)
         if reply[0] == "ok":
             return reply[1]
-        raise _rebuild_error(reply)
+        raise rebuild_error(reply)
 
     def _died(self):
         code = self._proc.exitcode if self._proc is not None else None

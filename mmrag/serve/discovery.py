@@ -8,6 +8,8 @@
 - `embed-service.json`: the warm embedding service that `mmrag up` runs (`mmrag.serve.embeddings`) and
   the models it serves; a process whose text model and CLIP are those uses it instead of loading them
   (`Settings.from_env`).
+- `parse-service.json` (mode 0600): the warm parse service (`mmrag.parsing.service`), its address, key
+  and worker configuration; a run whose parse configuration is that one sends its files there.
 
 Each file names its owner process (`mmrag.orchestration.runs.owner_tags`: host, pid, start time); a
 file whose owner is gone is ignored, so a killed service leaves nothing that misleads.
@@ -25,15 +27,26 @@ from mmrag.files import write_atomic
 API = "api.json"
 MILVUS = "milvus-server.json"
 EMBED = "embed-service.json"
+PARSE = "parse-service.json"
 
 
-def announce(home: Path, name: str, info: dict, pid: int | None = None) -> Path:
-    """Write `info` (plus when, and the owner process `pid`, default this one) to `home`/`name`."""
+def announce(home: Path, name: str, info: dict, pid: int | None = None, private: bool = False) -> Path:
+    """Write `info` (plus when, and the owner process `pid`, default this one) to `home`/`name`;
+    `private`: readable by this user only (it holds a key)."""
     from mmrag.orchestration.runs import owner_tags
 
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
-    return write_atomic(home / name, json.dumps({**info, "started": time.time(), **owner_tags(pid)}))
+    data = json.dumps({**info, "started": time.time(), **owner_tags(pid)})
+    if not private:
+        return write_atomic(home / name, data)
+    path = home / name
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
 
 
 def lookup(home: Path, name: str) -> dict | None:
@@ -72,6 +85,19 @@ def served_embeddings(home: Path, text_model: str, clip: str) -> str:
     if not info or info.get("text_model") != text_model or info.get("clip") != clip:
         return ""
     return info.get("url", "")
+
+
+def served_parser(home: Path, config_key: str) -> tuple[tuple[str, int], bytes] | None:
+    """(address, key) of the parse service `mmrag up` runs on this data dir when its worker
+    configuration is `config_key` (`mmrag.parsing.service.config_key`), else None."""
+    info = lookup(home, PARSE)
+    if not info or info.get("config") != config_key:
+        return None
+    try:
+        host, port = info["address"]
+        return (str(host), int(port)), bytes.fromhex(info["authkey"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def running_api(home: Path) -> str | None:
