@@ -77,8 +77,9 @@ def _seed(home: Path, docs: Path, n: int) -> float:
 
 class _RssSampler:
     """Peak resident memory per part of `up`, polled: each direct child of `up` with its descendants
-    (milvus, embed, parse, daemon, dagster, api, ui), except run processes (`execute_run`), counted
-    apart with their own children (a parse worker of their own, when there is no parse service)."""
+    (milvus, embed, parse, daemon, dagster, api, ui), except run processes (spawned by the daemon's
+    code server), counted apart with their own children (a parse worker of their own, when there is
+    no parse service)."""
 
     PARTS = (("milvus-lite", "milvus"), ("embed-server", "embed"), ("parse-server", "parse"),
              ("dagster-daemon", "daemon"), ("dagster-webserver", "dagster"), (" api ", "api"), ("streamlit", "ui"),
@@ -115,8 +116,8 @@ class _RssSampler:
                 continue
             run_pids: set[int] = set()
             for p in tree:
-                try:
-                    if "execute_run" in " ".join(p.cmdline()):
+                try:  # a run: a process the daemon's code server spawned (multiprocessing's spawn_main)
+                    if part == "daemon" and "spawn_main" in " ".join(p.cmdline()):
                         sub = [p, *p.children(recursive=True)]
                         run_pids.update(q.pid for q in sub)
                         runs.append(sum(q.memory_info().rss for q in sub))
@@ -271,7 +272,7 @@ def _runs(dagster_home: Path) -> list[dict]:
                 kind = ev.event_type
                 if kind in (DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START,
                             DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE):
-                    t.setdefault(kind.value, e.timestamp)
+                    t.setdefault(kind.name, e.timestamp)
                 elif kind == DagsterEventType.STEP_START:
                     opened[ev.step_key] = e.timestamp
                 elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE) and ev.step_key in opened:
@@ -282,7 +283,7 @@ def _runs(dagster_home: Path) -> list[dict]:
             parts = {"queued": t.get("RUN_STARTING", t["RUN_START"]) - t.get("RUN_ENQUEUED", t.get("RUN_STARTING", t["RUN_START"])),
                      "launch": t["RUN_START"] - t.get("RUN_STARTING", t["RUN_START"]), **steps}
             parts["other"] = max(0.0, (end - t["RUN_START"]) - sum(steps.values()))
-            out.append({"start_key": tags.get("dagster/asset_partition_range_start", ""),
+            out.append({"start_key": tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition", ""),
                         "end_key": tags.get("dagster/asset_partition_range_end", ""), "parts": parts,
                         "total": end - t.get("RUN_ENQUEUED", t.get("RUN_STARTING", t["RUN_START"]))})
     return out

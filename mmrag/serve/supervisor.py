@@ -5,7 +5,9 @@ Children, started in this order and stopped in the reverse one:
    embedded default uses, so the index ingested by `mmrag ingest` is the one served; skipped when
    MMRAG_MILVUS_URI names a server. Every other child talks to it over gRPC: many processes, one index.
 2. the embedding service (`mmrag embed-server`, `mmrag.serve.embeddings`): the text model and CLIP, warm,
-   for every other child (MMRAG_EMBED_SERVICE_URL); skipped with `--no-embed-service`;
+   for every other child (MMRAG_EMBED_SERVICE_URL); skipped with `--no-embed-service`; and the parse
+   service (`mmrag parse-server`, `mmrag.parsing.service`): supervised parse workers that outlive runs;
+   skipped with `--no-parse-service`;
 3. `dagster-daemon` (the `watch_folders` sensor and the `reindex_schedule` run, MMRAG_AUTOMATION=on;
    the sensor ticks every MMRAG_SENSOR_INTERVAL_S) and `dagster-webserver`, on the project's workspace
    and the CLI's DAGSTER_HOME;
