@@ -74,6 +74,7 @@ class Settings:
     # runs send their files to the warm parse service `mmrag up` runs (`mmrag parse-server`) when its
     # worker configuration is theirs; False (MMRAG_PARSE_SERVICE=off) = a parse worker per run
     parse_service: bool = True
+    embed_device: str = "auto"  # where the text model and CLIP run: auto (a CUDA GPU if torch sees one), cpu, cuda...
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"  # "random" = random weights (tests only), "off"
     pdf_parser: str = "auto"  # auto | docling | pypdfium2 | mineru
@@ -131,6 +132,7 @@ class Settings:
                 env, home, env.get("MMRAG_TEXT_EMBED_MODEL") or d.text_embed_model,
                 env.get("MMRAG_TEXT_EMBED_BACKEND") or d.text_embed_backend,
                 f"{env.get('MMRAG_CLIP_MODEL') or d.clip_model}/{env.get('MMRAG_CLIP_PRETRAINED') or d.clip_pretrained}"),
+            embed_device=env.get("MMRAG_EMBED_DEVICE") or d.embed_device,
             clip_model=env.get("MMRAG_CLIP_MODEL") or d.clip_model,
             clip_pretrained=env.get("MMRAG_CLIP_PRETRAINED") or d.clip_pretrained,
             pdf_parser=env.get("MMRAG_PDF_PARSER") or d.pdf_parser,

@@ -59,6 +59,8 @@ def test_the_service_serves_the_vectors_the_process_would_compute(service):
     served = served_text_embedder(client, "all-MiniLM-L6-v2")
     assert served.dim == 384
     np.testing.assert_allclose(served.embed(TEXTS), TextEmbedder("all-MiniLM-L6-v2").embed(TEXTS), atol=1e-5)
+    as_bytes = served_text_embedder(client, "all-MiniLM-L6-v2", encoding="base64")  # what mmrag's clients ask for
+    np.testing.assert_array_equal(as_bytes.embed(TEXTS), served.embed(TEXTS))
     listing = client.model_info()
     assert listing["all-MiniLM-L6-v2"]["dim"] == 384 and listing["ViT-B-32/random"]["dim"] == 512
 

@@ -120,7 +120,7 @@ def no_sentence_transformers(monkeypatch):
     """In this process, loading a sentence-transformers model fails the test."""
     from mmrag.models import embedders
 
-    def refuse(path):
+    def refuse(path, *device):
         raise AssertionError(f"sentence-transformers was asked to load {path!r}")
 
     monkeypatch.setattr(embedders, "_load_sentence_transformer", refuse)

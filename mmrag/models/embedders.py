@@ -6,6 +6,9 @@
 - Images: open_clip (default ViT-B-32 / laion2b_s34b_b79k). When the weights cannot be loaded
   (offline, no cache), image embedding is OFF for the run with the reason reported; random weights
   only when asked for explicitly (`pretrained="random"`, for tests).
+
+Both run on `device` (MMRAG_EMBED_DEVICE): `auto` = the first CUDA GPU when torch sees one, else the
+CPU; or a torch device name (`cpu`, `cuda`, `cuda:1`, `mps`). Vectors are returned on the CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
 _loaded: dict[tuple, object] = {}  # models by (kind, name...): loaded once per process
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` -> "cuda" when torch sees a CUDA GPU, else "cpu"; any other name as given."""
+    if device not in ("", "auto"):
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 # After a failed weight download, don't try again for this long (each try can take ~45 s offline).
 CLIP_RETRY_AFTER_S = 3600
 
@@ -40,8 +52,10 @@ def _resolve_text_model(name: str) -> str:
 
 class TextEmbedder:
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, backend: str = "sentence-transformers",
-                 remote_embed: Callable[[list[str]], list[list[float]]] | None = None, batch_size: int = 64):
+                 remote_embed: Callable[[list[str]], list[list[float]]] | None = None, batch_size: int = 64,
+                 device: str = "auto"):
         self.model_name = model
+        self.device = device
         self.backend = backend
         self.batch_size = batch_size
         self._remote = remote_embed
@@ -51,7 +65,7 @@ class TextEmbedder:
 
     def _load(self):
         if self._model is None and self.backend == "sentence-transformers":
-            self._model = _load_sentence_transformer(_resolve_text_model(self.model_name))
+            self._model = _load_sentence_transformer(_resolve_text_model(self.model_name), self.device)
         return self._model
 
     @property
@@ -97,24 +111,27 @@ def _load_once(key: tuple, load: Callable[[], object]):
         return _loaded[key]
 
 
-def _load_sentence_transformer(path: str):
+def _load_sentence_transformer(path: str, device: str = "auto"):
+    device = resolve_device(device)
+
     def load():
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a per-load progress bar is noise in run logs
-        log.info("loading text embedder %s", path)
-        return SentenceTransformer(path, device="cpu")
+        log.info("loading text embedder %s on %s", path, device)
+        return SentenceTransformer(path, device=device)
 
-    return _load_once(("st", path), load)
+    return _load_once(("st", path, device), load)
 
 
 class ImageEmbedder:
     """CLIP image + text towers. `enabled` is False (with `disabled_reason`) when weights are missing."""
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k",
-                 cache_dir: Path | None = None, batch_size: int = 32):
+                 cache_dir: Path | None = None, batch_size: int = 32, device: str = "auto"):
         self.model_name = model
+        self.device = device
         self.pretrained = pretrained
         self.batch_size = batch_size
         self.cache_dir = cache_dir
@@ -147,7 +164,7 @@ class ImageEmbedder:
                 self.disabled_reason = info["reason"] + " (cached; retried after an hour)"
                 return
         try:
-            self._bundle = _load_clip(self.model_name, None if self.random_weights else self.pretrained)
+            self._bundle = _load_clip(self.model_name, None if self.random_weights else self.pretrained, self.device)
         except Exception as e:
             self.disabled_reason = (f"CLIP weights {self.model_name}/{self.pretrained} could not be loaded "
                                     f"({type(e).__name__}: {str(e)[:200]}); image embedding is off for this run")
@@ -186,7 +203,7 @@ class ImageEmbedder:
         for i in range(0, len(pictures), self.batch_size):
             batch = [preprocess(p.convert("RGB")) for p in pictures[i : i + self.batch_size]]
             with torch.inference_mode():
-                feats = model.encode_image(torch.stack(batch))
+                feats = model.encode_image(torch.stack(batch).to(_device_of(model)))
                 feats = feats / feats.norm(dim=-1, keepdim=True)
             out.append(feats.cpu().numpy().astype(np.float32))
         self.seconds += time.perf_counter() - t0
@@ -199,18 +216,29 @@ class ImageEmbedder:
             raise RuntimeError(self.disabled_reason)
         model, _, tokenizer = self._bundle
         with torch.inference_mode():
-            feats = model.encode_text(tokenizer(list(texts)))
+            feats = model.encode_text(tokenizer(list(texts)).to(_device_of(model)))
             feats = feats / feats.norm(dim=-1, keepdim=True)
         return feats.cpu().numpy().astype(np.float32)
 
 
-def _load_clip(model: str, pretrained: str | None):
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def _load_clip(model: str, pretrained: str | None, device: str = "auto"):
+    device = resolve_device(device)
+
     def load():
         import open_clip
+        import torch
 
-        log.info("loading CLIP %s/%s", model, pretrained or "random weights")
-        m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device="cpu")
-        m.eval()
+        log.info("loading CLIP %s/%s on %s", model, pretrained or "random weights", device)
+        # Random weights are the same in every process and on every device (seeded, made on the CPU):
+        # an index and the processes that query it agree, as with real weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device="cpu")
+        m = m.to(device).eval()
         return m, preprocess, open_clip.get_tokenizer(model)
 
-    return _load_once(("clip", model, pretrained), load)
+    return _load_once(("clip", model, pretrained, device), load)

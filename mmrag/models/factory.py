@@ -94,15 +94,15 @@ def text_embedder(settings: Settings, *, llm: Any = None, cached: bool = True):
                 inner = _embedders[key] = served_text_embedder(server, s.text_embed_model)
         space = f"openai:{url.rstrip('/')}:{s.text_embed_model}"
     elif s.text_embed_backend == "sentence-transformers":
-        key = ("st", s.text_embed_model, s.embed_service_url)
+        key = ("st", s.text_embed_model, s.embed_service_url, s.embed_device)
         with _guard:
             inner = _embedders.get(key)
             if inner is None and s.embed_service_url:  # the same model, warm in the embedding service
                 from mmrag.models.served import served_text_embedder
 
-                inner = _embedders[key] = served_text_embedder(_service(s), s.text_embed_model)
+                inner = _embedders[key] = served_text_embedder(_service(s), s.text_embed_model, encoding="base64")
             elif inner is None:
-                inner = _embedders[key] = TextEmbedder(s.text_embed_model)
+                inner = _embedders[key] = TextEmbedder(s.text_embed_model, device=s.embed_device)
         space = f"st:{s.text_embed_model}"  # the same vectors on either path
     else:
         raise ValueError(f"unknown text embedding backend {s.text_embed_backend!r}: sentence-transformers or openai")
@@ -119,7 +119,7 @@ def image_embedder(settings: Settings, *, cached: bool = True):
     from mmrag.models.embedders import ImageEmbedder
 
     s = settings
-    key = ("clip", s.clip_model, s.clip_pretrained, str(s.cache_dir), s.embed_service_url)
+    key = ("clip", s.clip_model, s.clip_pretrained, str(s.cache_dir), s.embed_service_url, s.embed_device)
     with _guard:
         inner = _embedders.get(key)
         if inner is None and s.embed_service_url and s.clip_pretrained != "off":
@@ -127,7 +127,8 @@ def image_embedder(settings: Settings, *, cached: bool = True):
 
             inner = _embedders[key] = ServedImageEmbedder(_service(s), s.clip_model, s.clip_pretrained)
         elif inner is None:
-            inner = _embedders[key] = ImageEmbedder(s.clip_model, s.clip_pretrained, cache_dir=Path(s.cache_dir))
+            inner = _embedders[key] = ImageEmbedder(s.clip_model, s.clip_pretrained, cache_dir=Path(s.cache_dir),
+                                                    device=s.embed_device)
     # (a served CLIP is asked whether it is on when a picture needs it: the service may not be up yet)
     if not cached or (not s.embed_service_url and not inner.enabled):
         return inner

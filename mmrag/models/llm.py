@@ -286,19 +286,29 @@ class LLMClient:
         return self.chat(messages, model=self.vlm_model, **kw)
 
     # -- embeddings ------------------------------------------------------------------------------
-    def embed(self, texts: Sequence[str], model: str, batch_size: int = 64) -> list[list[float]]:
-        """Embeddings from the server's /embeddings, in input order."""
+    def embed(self, texts: Sequence[str], model: str, batch_size: int = 64, encoding: str = "float") -> list:
+        """Embeddings from the server's /embeddings, in input order. `encoding="base64"` (vLLM and the
+        embedding service serve it): float32 bytes instead of JSON numbers, rows as numpy arrays."""
         out: list[list[float]] = []
         texts = list(texts)
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
 
             def send(batch: list[str] = batch) -> list[list[float]]:
-                resp = self._client.embeddings.create(model=model, input=batch, encoding_format="float")
+                resp = self._client.embeddings.create(model=model, input=batch, encoding_format=encoding)
                 data = getattr(resp, "data", None)
                 if not isinstance(data, list) or len(data) != len(batch):
                     raise _BadReply(f"expected {len(batch)} embeddings, got {str(data)[:200]!r}")
                 rows = sorted(data, key=lambda d: d.index)
+                if encoding == "base64":
+                    import base64
+
+                    import numpy as np
+
+                    try:
+                        return [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in rows]
+                    except (TypeError, ValueError) as e:
+                        raise _BadReply(f"unreadable base64 embedding: {e}") from None
                 return [list(map(float, d.embedding)) for d in rows]
 
             out.extend(self._call(f"embeddings ({model})", send))

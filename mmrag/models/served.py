@@ -18,10 +18,11 @@ from mmrag.models.embedders import TextEmbedder
 from mmrag.models.llm import LLMClient, guess_image_mime
 
 
-def served_text_embedder(client: LLMClient, model: str) -> TextEmbedder:
+def served_text_embedder(client: LLMClient, model: str, encoding: str = "float") -> TextEmbedder:
     """`model` on a server's /v1/embeddings (the embedding service, or vLLM serving an embedding model)
-    as a TextEmbedder."""
-    return TextEmbedder(model, "openai", remote_embed=lambda texts: client.embed(texts, model))
+    as a TextEmbedder. `encoding="base64"` where the server serves it (the embedding service does):
+    float32 bytes instead of JSON numbers, several times cheaper to encode and parse."""
+    return TextEmbedder(model, "openai", remote_embed=lambda texts: client.embed(texts, model, encoding=encoding))
 
 
 class ServedImageEmbedder:
@@ -63,7 +64,8 @@ class ServedImageEmbedder:
 
     def _vectors(self, inputs: list[str]) -> np.ndarray:
         t0 = time.perf_counter()
-        vecs = np.asarray(self.client.embed(inputs, self.model, batch_size=self.batch_size), dtype=np.float32)
+        vecs = np.asarray(self.client.embed(inputs, self.model, batch_size=self.batch_size, encoding="base64"),
+                          dtype=np.float32)
         self.seconds += time.perf_counter() - t0
         return vecs.reshape(len(inputs), -1) if inputs else np.zeros((0, self.dim), dtype=np.float32)
 

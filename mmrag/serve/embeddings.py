@@ -5,7 +5,8 @@ copy (`MMRAG_EMBED_SERVICE_URL`; `mmrag.models.factory` builds the clients).
 
 - `GET /v1/models`: the models served, each with its vector size (`dim`) and, for CLIP, why it is off
   when its weights could not be loaded (`disabled_reason`).
-- `POST /v1/embeddings`: `{"model", "input": str | [str]}` as OpenAI's. For the CLIP model an input
+- `POST /v1/embeddings`: `{"model", "input": str | [str], "encoding_format": "float" | "base64"}` as
+  OpenAI's (base64: the float32 bytes; mmrag's clients ask for it). For the CLIP model an input
   is a text for its text tower, or a picture as a `data:image/...;base64,...` URI for its image tower
   (the convention of infinity-emb and vLLM's multimodal embeddings). Nothing is ever fetched: any
   other URL is refused.
@@ -55,9 +56,9 @@ class Models:
 
         s = self.settings
         if s.text_embed_backend == "sentence-transformers":
-            self.text = TextEmbedder(s.text_embed_model)
+            self.text = TextEmbedder(s.text_embed_model, device=s.embed_device)
             self.text.embed(["warm up"])  # loads the weights before the port opens
-        self.clip = ImageEmbedder(s.clip_model, s.clip_pretrained, cache_dir=s.cache_dir)
+        self.clip = ImageEmbedder(s.clip_model, s.clip_pretrained, cache_dir=s.cache_dir, device=s.embed_device)
         if self.clip.enabled:
             self.clip.embed_texts(["warm up"])
 
@@ -65,12 +66,13 @@ class Models:
         out = []
         if self.text is not None:
             out.append({"id": self.settings.text_embed_model, "object": "model", "owned_by": "mmrag",
-                        "dim": self.text.dim, "kind": "text"})
+                        "dim": self.text.dim, "kind": "text", "device": str(self.text._load().device)})
         if self.clip is not None:
             on = self.clip.enabled
             out.append({"id": clip_name(self.settings), "object": "model", "owned_by": "mmrag", "kind": "clip",
                         "dim": self.clip.dim if on else None, "disabled_reason": None if on else self.clip.disabled_reason,
-                        "random_weights": self.clip.random_weights})
+                        "random_weights": self.clip.random_weights,
+                        "device": str(next(self.clip._bundle[0].parameters()).device) if on else None})
         return out
 
     def embed(self, model: str, inputs: list[str]) -> np.ndarray:
@@ -112,6 +114,13 @@ class EmbeddingRequest(BaseModel):
     encoding_format: str = "float"
 
 
+def _encode(vec: np.ndarray, encoding: str):
+    """A vector as OpenAI's API sends it: JSON numbers, or base64 of its little-endian float32 bytes."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+    return vec.tolist()
+
+
 def create_app(settings: Settings, models: Models | None = None):
     from contextlib import asynccontextmanager
 
@@ -143,8 +152,8 @@ def create_app(settings: Settings, models: Models | None = None):
         inputs = [req.input] if isinstance(req.input, str) else list(req.input)
         if not inputs or len(inputs) > MAX_INPUTS:
             return error(400, f"input holds 1 to {MAX_INPUTS} items", "BadRequestError")
-        if req.encoding_format != "float":
-            return error(400, "only float embeddings are served", "BadRequestError")
+        if req.encoding_format not in ("float", "base64"):
+            return error(400, "encoding_format is float or base64", "BadRequestError")
         try:
             vecs = models.embed(req.model, inputs)
         except LookupError as e:
@@ -153,7 +162,8 @@ def create_app(settings: Settings, models: Models | None = None):
             return error(400, str(e), "BadRequestError")
         tokens = sum(len(x.split()) for x in inputs if not x.startswith(DATA_URI))
         return {"object": "list", "model": req.model, "created": int(time.time()),
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)],
+                "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+                         for i, v in enumerate(vecs)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     return app
