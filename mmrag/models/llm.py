@@ -24,8 +24,6 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import openai
-from openai import OpenAI
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from mmrag.redact import scrub
@@ -64,6 +62,8 @@ class _BadReply(Exception):
 
 
 def _is_transient(exc: BaseException) -> bool:
+    import openai
+
     if isinstance(exc, (openai.APIConnectionError, _BadReply, json.JSONDecodeError)):
         return True  # APITimeoutError is an APIConnectionError
     if isinstance(exc, openai.APIStatusError):
@@ -72,6 +72,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _server_message(exc: BaseException) -> str:
+    import openai
+
     if isinstance(exc, openai.APIStatusError):
         body = exc.body
         if isinstance(body, dict):
@@ -162,6 +164,9 @@ class LLMClient:
         self.retries = max(0, int(retries))
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
+        # imported here, not with the module: ~0.8 s that a process without a client skips
+        from openai import OpenAI
+
         self._client = OpenAI(
             base_url=self.base_url, api_key=api_key or "EMPTY", timeout=self.timeout_s, max_retries=0
         )
