@@ -50,9 +50,9 @@ def served(tmp_path):
     config = WorkerConfig.from_settings(Settings.from_env().with_(pdf_parser="pypdfium2"), str(tmp_path / "blobs"))
     service = ParseService(config, tmp_path / "state.db", workers=1)
     service.start()
-    listener = Listener(("127.0.0.1", 0), authkey=b"k" * 32)
+    listener = Listener(("127.0.0.1", 0))
     stop = threading.Event()
-    thread = threading.Thread(target=service.serve, args=(listener, stop), daemon=True)
+    thread = threading.Thread(target=service.serve, args=(listener, stop, b"k" * 32), daemon=True)
     thread.start()
     yield {"service": service, "address": listener.address, "config": config, "docs": docs, "tmp": tmp_path}
     stop.set()
@@ -69,6 +69,15 @@ def test_the_service_parses_what_the_run_would_and_keeps_its_limits(served):
     def local():
         local_calls.append(1)
         return ParseSupervisor(config)
+
+    # A connection that says nothing, and one with a wrong key, hold up nobody; the wrong key is refused.
+    import socket
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    silent = socket.create_connection(served["address"])
+    with pytest.raises(AuthenticationError):
+        Client(served["address"], authkey=b"x" * 32)
 
     with ParseClient(served["address"], b"k" * 32, local, limits=config.limits) as client, ParseSupervisor(config) as own:
         for name in ("duck.md", "word_sample.docx", "table_06.html"):
@@ -99,6 +108,7 @@ def test_the_service_parses_what_the_run_would_and_keeps_its_limits(served):
         got = client.parse(docs / "duck.md", detect(docs / "duck.md"), **_ident("duck.md"))
         assert local_calls == [1] and client.pid is not None and len(got.blocks) > 1
         served["service"]._release(taken)
+    silent.close()
 
 
 def test_a_run_finds_the_service_by_its_configuration_and_falls_back_when_it_is_gone(tmp_path):

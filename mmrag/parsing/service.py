@@ -134,9 +134,20 @@ class ParseService:
         return [Path(self.config.blobs_root).resolve(),
                 *(Path(r).resolve() for r in Manifest(self.state_path).sources().values())]
 
-    def handle(self, conn) -> None:
-        """One client connection (a run's parse step): its files, one at a time, until it closes."""
+    def handle(self, conn, authkey: bytes | None = None) -> None:
+        """One client connection (a run's parse step): the key's handshake, then its files, one at a
+        time, until it closes. The handshake runs here, not in the accept loop, so a client that
+        connects and says nothing holds up only its own thread."""
+        from multiprocessing import AuthenticationError
+        from multiprocessing.connection import answer_challenge, deliver_challenge
+
         try:
+            if authkey is not None:
+                try:
+                    deliver_challenge(conn, authkey)
+                    answer_challenge(conn, authkey)
+                except (AuthenticationError, EOFError, OSError):
+                    return  # a port probe, a wrong key: not a client
             while True:
                 try:
                     request = conn.recv()
@@ -173,8 +184,9 @@ class ParseService:
         finally:
             self._release(sup)
 
-    def serve(self, listener, stop: threading.Event | None = None) -> None:
-        """Accept connections (a thread each) until `stop` is set or the listener closes."""
+    def serve(self, listener, stop: threading.Event | None = None, authkey: bytes | None = None) -> None:
+        """Accept connections (a thread each) until `stop` is set or the listener closes; each
+        proves it holds `authkey` first (the listener is made without one)."""
         stop = stop or threading.Event()
 
         def reaper() -> None:
@@ -188,10 +200,8 @@ class ParseService:
             except OSError:
                 if stop.is_set():
                     return
-                continue  # a port probe, a wrong key: not a client
-            except Exception:  # noqa: BLE001 - multiprocessing.AuthenticationError and the like
                 continue
-            threading.Thread(target=self.handle, args=(conn,), name="mmrag-parse-client", daemon=True).start()
+            threading.Thread(target=self.handle, args=(conn, authkey), name="mmrag-parse-client", daemon=True).start()
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -313,7 +323,7 @@ def serve_main(config: WorkerConfig, home: Path, state_path: Path, port: int = 0
     t0 = time.monotonic()
     service.start()
     authkey = secrets.token_bytes(32)
-    listener = Listener(("127.0.0.1", port), authkey=authkey)
+    listener = Listener(("127.0.0.1", port))  # the key's handshake runs per connection (ParseService.handle)
     address = listener.address
     discovery.announce(home, discovery.PARSE, {"address": list(address), "authkey": authkey.hex(),
                                                "config": config_key(config), "workers": service.workers},
@@ -329,7 +339,7 @@ def serve_main(config: WorkerConfig, home: Path, state_path: Path, port: int = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        service.serve(listener, stop)
+        service.serve(listener, stop, authkey)
     except (SystemExit, KeyboardInterrupt):
         pass
     finally:
