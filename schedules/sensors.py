@@ -16,9 +16,11 @@ their pool slots (`mmrag.orchestration.runs`).
 import hashlib
 import json
 import time
+import warnings
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    BetaWarning,
     DeleteDynamicPartitionsRequest,
     RunRequest,
     SensorEvaluationContext,
@@ -60,9 +62,7 @@ def _runs_by_key(instance, run_keys: list[str]) -> tuple[set[str], set[str]]:
     return exists, ended
 
 
-@sensor(name="watch_folders", jobs=[ingest_job, cleanup_job], minimum_interval_seconds=sensor_interval_s(),
-        default_status=sensor_status(), description="Ingest new and changed files of the watched folders; clean up deleted ones.")
-def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource):
+def _watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource):
     manifest = data_dir.manifest()
     roots = watched_roots(manifest)
     if not roots:
@@ -120,3 +120,14 @@ def watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, m
                             cursor=new_cursor)
     context.log.info(f"{len(adds)} new, {len(to_run) - len(adds)} changed or retried, {len(deletes)} deleted")
     return SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests, cursor=new_cursor)
+
+
+
+# Dagster 1.13 passes `owners=None` to SensorDefinition's beta parameter itself (its @sensor, and each
+# copy it makes when the definitions bind resources) and warns about it in every process that loads
+# the definitions: noise to users, so this one warning is not shown.
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition", category=BetaWarning)
+watch_folders = sensor(name="watch_folders", jobs=[ingest_job, cleanup_job], minimum_interval_seconds=sensor_interval_s(),
+                       default_status=sensor_status(),
+                       description="Ingest new and changed files of the watched folders; clean up deleted ones.",
+                       )(_watch_folders)

@@ -133,3 +133,22 @@ def test_the_discovery_file_is_used_only_for_the_models_it_serves(tmp_path):
     assert Settings.from_env({**base, "MMRAG_EMBED_SERVICE_URL": "off"}).embed_service_url == ""
     discovery.withdraw(home, discovery.EMBED)
     assert Settings.from_env(base).embed_service_url == ""
+
+
+@pytest.mark.slow
+def test_missing_clip_weights_offline_are_one_warning_line(tmp_path):
+    """The README's main job offline: CLIP's default weights cannot be fetched. That is said once, as a
+    WARNING (no ERROR from open_clip, no traceback, no Dagster BetaWarning), and the text is indexed."""
+    root = copy_corpus(SAMPLE, tmp_path / "docs", ["duck.md", PICTURE.name])
+    env = _env(tmp_path, MMRAG_EMBED_SERVICE_URL="off")
+    env.pop("MMRAG_CLIP_PRETRAINED")  # the default: laion2b_s34b_b79k, not on this machine
+    res = subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(root), "--source", "docs"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if "CLIP weights" not in res.stderr:
+        pytest.skip("CLIP's default weights are cached on this machine")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len([ln for ln in lines if "CLIP weights ViT-B-32/laion2b_s34b_b79k could not be loaded" in ln]) == 1, lines
+    assert [ln for ln in lines if ln.startswith("WARNING")] == [ln for ln in lines if "CLIP weights" in ln], lines
+    assert not [ln for ln in lines if "ERROR" in ln or "Traceback" in ln or "Warning:" in ln], lines
+    assert "indexed 2/2 files" in res.stdout

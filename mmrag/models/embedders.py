@@ -25,6 +25,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
 _loaded: dict[tuple, object] = {}  # models by (kind, name...): loaded once per process
+_clip_failures: dict[tuple, str] = {}  # (model, pretrained) -> why it could not be loaded in this process
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -104,10 +105,16 @@ class TextEmbedder:
 
 def _load_once(key: tuple, load: Callable[[], object]):
     """A model loaded once per process, also when two threads ask for it at once (a warm-up thread
-    and a step): the second waits for the first's load instead of loading a copy."""
+    and a step): the second waits for the first's load instead of loading a copy. A load that failed
+    fails the same way for later callers, without trying again (a weight download offline: ~45 s)."""
     with _load_lock:
         if key not in _loaded:
-            _loaded[key] = load()
+            try:
+                _loaded[key] = load()
+            except Exception as e:  # noqa: BLE001 - re-raised, now and for every later caller
+                _loaded[key] = e
+        if isinstance(_loaded[key], Exception):
+            raise _loaded[key]
         return _loaded[key]
 
 
@@ -163,12 +170,20 @@ class ImageEmbedder:
             if time.time() - info.get("at", 0) < CLIP_RETRY_AFTER_S:
                 self.disabled_reason = info["reason"] + " (cached; retried after an hour)"
                 return
+        key = (self.model_name, self.pretrained)
+        if key in _clip_failures:  # tried in this process already, and reported once
+            self.disabled_reason = _clip_failures[key]
+            return
         try:
             self._bundle = _load_clip(self.model_name, None if self.random_weights else self.pretrained, self.device)
         except Exception as e:
             self.disabled_reason = (f"CLIP weights {self.model_name}/{self.pretrained} could not be loaded "
                                     f"({type(e).__name__}: {str(e)[:200]}); image embedding is off for this run")
-            log.warning(self.disabled_reason)
+            with _load_lock:  # two embedders of this process (a warm-up thread, a step) may fail at once
+                first = key not in _clip_failures
+                _clip_failures.setdefault(key, self.disabled_reason)
+            if first:
+                log.warning(self.disabled_reason)
             if marker:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(json.dumps({"at": time.time(), "reason": self.disabled_reason}))
@@ -221,6 +236,17 @@ class ImageEmbedder:
         return feats.cpu().numpy().astype(np.float32)
 
 
+class _DropRecords(logging.Filter):
+    """Drops the records logged directly on a logger whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 def _device_of(model):
     return next(model.parameters()).device
 
@@ -235,9 +261,14 @@ def _load_clip(model: str, pretrained: str | None, device: str = "auto"):
         log.info("loading CLIP %s/%s on %s", model, pretrained or "random weights", device)
         # Random weights are the same in every process and on every device (seeded, made on the CPU):
         # an index and the processes that query it agree, as with real weights.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device="cpu")
+        quiet = _DropRecords("Failed to download weights")  # open_clip's ERROR on the root logger: we warn once
+        logging.getLogger().addFilter(quiet)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device="cpu")
+        finally:
+            logging.getLogger().removeFilter(quiet)
         m = m.to(device).eval()
         return m, preprocess, open_clip.get_tokenizer(model)
 
