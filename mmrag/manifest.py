@@ -211,6 +211,13 @@ class Manifest:
         with self._conn() as c:
             return [FileRecord(*r) for r in c.execute(q + " ORDER BY file_key", args)]
 
+    def totals(self) -> tuple[dict[str, int], int, int]:
+        """(files by status, text rows, image rows) over every source: two grouped queries."""
+        with self._conn() as c:
+            by_status = dict(c.execute("SELECT status, COUNT(*) FROM files GROUP BY status"))
+            text, image = c.execute("SELECT COALESCE(SUM(text_rows), 0), COALESCE(SUM(image_rows), 0) FROM files").fetchone()
+        return by_status, int(text), int(image)
+
     def upsert(self, rec: FileRecord) -> None:
         rec.updated_at = time.time()
         rec.reason = scrub(rec.reason) if rec.reason else rec.reason  # errors that echo a URL or a key

@@ -133,3 +133,46 @@ def test_a_public_bind_needs_a_key_and_stopping_withdraws_the_server(api):
     assert not (api["home"] / "api.json").exists()
     res = _cli(env, "query", "Which ducks dabble?", "--top-k", "3", "--json")  # in-process again
     assert res.returncode == 0 and json.loads(res.stdout) == api["before"]
+
+
+def test_metrics_parse_as_prometheus_text_and_move_with_requests(api):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        r = httpx.get(api["url"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:300]
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+    ok = ("mmrag_api_requests_total", (("method", "POST"), ("route", "/v1/query"), ("status", "200")))
+    timed = ("mmrag_api_request_seconds_count", (("route", "/v1/query"),))
+    auth = ("mmrag_api_errors_total", (("kind", "authentication_error"),))
+    before = scrape()
+    assert _post(api, "/v1/query", {"question": "Which ducks dabble?"}).status_code == 200
+    assert _post(api, "/v1/query", {"question": "ducks"}, key="wrong").status_code == 401
+    bad = _post(api, "/v1/query", {"question": "ducks", "top_k": 0})
+    assert bad.status_code >= 400
+    after = scrape()
+    assert after[ok] == before.get(ok, 0) + 1 and after[timed] == before.get(timed, 0) + 3
+    assert after[auth] == before.get(auth, 0) + 1
+    errors = sum(v for (name, _), v in after.items() if name == "mmrag_api_errors_total")
+    assert errors == sum(v for (name, _), v in before.items() if name == "mmrag_api_errors_total") + 2
+    # The index as the manifest has it: both files indexed, their rows.
+    assert after[("mmrag_files", (("state", "indexed"),))] == 2
+    assert after[("mmrag_rows", (("modality", "text"),))] >= 2
+    assert httpx.get(api["url"] + "/metrics", timeout=60).status_code == 401  # a key, as every route
+
+
+def test_metrics_need_a_key_that_reads_every_source(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from mmrag.config import Settings
+    from mmrag.serve.access import Scope
+    from mmrag.serve.api import create_app
+
+    keys = {"all-key": Scope(None, label="all"), "docs-key": Scope(frozenset({"docs"}), label="docs")}
+    app = create_app(Settings.from_env({"MMRAG_HOME": str(tmp_path / "home")}), warm=False, keys=keys)
+    with TestClient(app) as client:
+        assert client.get("/metrics", headers={"Authorization": "Bearer docs-key"}).status_code == 403
+        r = client.get("/metrics", headers={"Authorization": "Bearer all-key"})
+        assert r.status_code == 200 and 'mmrag_rows{modality="text"} 0.0' in r.text

@@ -2,7 +2,8 @@
 
 - `POST /v1/query` {"question", "top_k", "mode", "sources", "files", "modalities", "answer", "images"}
   (all but `question` optional, the CLI's defaults) returns exactly `mmrag query --json`'s object.
-- `GET /v1/status` returns `mmrag status --json`'s object; `GET /healthz` says the process is up.
+- `GET /v1/status` returns `mmrag status --json`'s object; `GET /healthz` says the process is up;
+  `GET /metrics` Prometheus' text format (`mmrag.serve.metrics`; a key that reads every source).
 - `POST /v1/chat/completions` (and `GET /v1/models`): OpenAI's chat API over the index, model
   `mmrag`: the last user message is the question, the reply is the answer with `[n]` citations (the
   retrieved context when no LLM is configured), `stream` gives server-sent events; the hits and
@@ -32,12 +33,13 @@ from typing import Any, Literal, Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmrag.config import Settings
 from mmrag.redact import scrub
 from mmrag.serve.access import Forbidden, Scope, keyring, scope_of
+from mmrag.serve.metrics import ApiMetrics
 from mmrag.serve.service import (
     MAX_QUESTION_CHARS,
     MAX_TOP_K,
@@ -112,6 +114,8 @@ def create_app(settings: Settings | None = None, api_key: str | None = None, war
     per_key_lock = threading.Lock()
     app = FastAPI(title="mmrag", summary="Query a multimodal RAG index", docs_url=None, redoc_url=None)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    metrics = ApiMetrics(settings.state_path)
+    app.middleware("http")(metrics.middleware())
     app.state.service = service
 
     def caller(request: Request) -> Scope:
@@ -166,6 +170,15 @@ def create_app(settings: Settings | None = None, api_key: str | None = None, war
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    def prometheus_metrics(scope: Scope = Depends(caller)):  # noqa: B008 - FastAPI's dependency idiom
+        """Prometheus' text format (mmrag.serve.metrics). The counts cover every source: a key
+        limited to some sources gets 403."""
+        if not scope.everything:
+            raise Forbidden("/metrics counts every source: it needs a key that reads all of them")
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/status")
     def status(scope: Scope = Depends(caller)) -> dict:  # noqa: B008 - FastAPI's dependency idiom
