@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -16,14 +17,16 @@ def _quiet_run_config() -> dict:
     return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None, retry_failed: bool = False):
+def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: None, retry_failed: bool = False,
+                bar: bool = False):
     """Bring the index in line with `root`: clean-up run for deleted files, ingest runs (ranges of
     partitions) for new, changed and stale ones (`mmrag.orchestration.planner`). Returns (scan, run
     errors, files removed); the scan's `error` is set (and nothing changed) when the root is missing
     or unreadable.
 
     First, runs of this instance whose process died are marked failed and their pool slots freed;
-    each run then starts once the index pool has a free slot (bounded wait, `MMRAG_SLOT_WAIT_S`)."""
+    each run then starts once the index pool has a free slot (bounded wait, `MMRAG_SLOT_WAIT_S`).
+    `bar`: a progress bar on the terminal (`mmrag.cli.bar`) instead of a line per batch."""
     from mmrag.manifest import Manifest
     from mmrag.orchestration.planner import survey
     from mmrag.sources.sync import scan_root
@@ -39,7 +42,7 @@ def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: Non
     if plan.to_run:
         _start_parse_worker(settings, [scan.files[k][0] for k in plan.to_run])
     try:
-        return (scan, *_run_plan(settings, instance, scan, plan, found.partitions, say))
+        return (scan, *_run_plan(settings, instance, scan, plan, found.partitions, say, bar))
     finally:
         from mmrag.parsing.worker import discard_spare
 
@@ -68,7 +71,7 @@ def _start_parse_worker(settings: Settings, rel_paths: list[str]) -> None:
         logging.getLogger(__name__).debug("no parse worker ahead of the run: %s", e)
 
 
-def _run_plan(settings: Settings, instance, scan, plan, partitions: set[str], say) -> tuple[list, int]:
+def _run_plan(settings: Settings, instance, scan, plan, partitions: set[str], say, bar: bool = False) -> tuple[list, int]:
     """sync_folder's runs, executed here one after the other: the clean-up, then the ingest ranges.
     Returns (run errors as (keys, error), files removed)."""
     from mmrag.definitions import defs
@@ -83,6 +86,7 @@ def _run_plan(settings: Settings, instance, scan, plan, partitions: set[str], sa
     say(f"{scan.source}: {len(scan.files)} files — {len(plan.new)} new, {len(plan.changed)} changed, "
         f"{len(plan.stale)} stale, {len(plan.deleted)} deleted, {len(plan.unchanged)} unchanged")
     run_errors: list[tuple[list[str], str]] = []
+    ingest_bar = None  # the terminal's bar, while ingest runs execute
 
     def execute(run: PlannedRun, what: str) -> bool:
         """Wait for the index pool, then run it in this process; whether it succeeded."""
@@ -92,9 +96,13 @@ def _run_plan(settings: Settings, instance, scan, plan, partitions: set[str], sa
             say(f"  {what}: {e}")
             run_errors.append((run.keys, f"TimeoutError: {e}"))
             return False
-        res = defs.resolve_job_def(run.job).execute_in_process(
-            instance=instance, raise_on_error=False, run_config={**_quiet_run_config(), **run.run_config},
-            tags={**run.tags, "mmrag/launched-by": "cli", **owner_tags()})
+        from dagster._core.utils import make_new_run_id
+
+        run_id = make_new_run_id()
+        with ingest_bar.run(instance, run_id, run.keys) if ingest_bar else contextlib.nullcontext():
+            res = defs.resolve_job_def(run.job).execute_in_process(
+                instance=instance, raise_on_error=False, run_config={**_quiet_run_config(), **run.run_config},
+                tags={**run.tags, "mmrag/launched-by": "cli", **owner_tags()}, run_id=run_id)
         if not res.success:
             run_errors.append((run.keys, _run_error(res)))
         return res.success
@@ -108,9 +116,18 @@ def _run_plan(settings: Settings, instance, scan, plan, partitions: set[str], sa
     if plan.new:
         instance.add_dynamic_partitions(PARTITIONS, plan.new)
     ordered = instance.get_dynamic_partitions(PARTITIONS)
-    for run in ingest_runs(plan.to_run, ordered, lite=settings.is_milvus_lite):
-        say(f"  indexing {len(run.keys)} files ({run.keys[0]} … {run.keys[-1]})")
-        execute(run, "indexing")
+    if bar and plan.to_run:
+        from mmrag.cli.bar import IngestBar
+
+        ingest_bar = IngestBar(len(plan.to_run), settings.state_path)
+    try:
+        for run in ingest_runs(plan.to_run, ordered, lite=settings.is_milvus_lite):
+            if ingest_bar is None:
+                say(f"  indexing {len(run.keys)} files ({run.keys[0]} … {run.keys[-1]})")
+            execute(run, "indexing")
+    finally:
+        if ingest_bar is not None:
+            ingest_bar.close()
     return run_errors, removed
 
 
@@ -118,8 +135,10 @@ def cmd_ingest(args) -> int:
     settings = Settings.from_env()
     root = Path(args.root).expanduser().resolve()
     source = args.source or source_name(root)
+    from mmrag.cli.bar import wanted
+
     scan, run_errors, removed = sync_folder(settings, root, source, lambda msg: progress(args, msg),
-                                            retry_failed=args.retry_failed)
+                                            retry_failed=args.retry_failed, bar=wanted(args.json))
     if scan.error:
         print(f"mmrag: {scan.error}; nothing was changed", file=sys.stderr)
         return EXIT_BAD_ROOT
