@@ -122,19 +122,6 @@ def test_mmrag_query_uses_the_running_server(api):
     assert time.monotonic() - t0 < 30
 
 
-def test_a_public_bind_needs_a_key_and_stopping_withdraws_the_server(api):
-    env = {k: v for k, v in api["env"].items() if k != "MMRAG_API_KEY"}
-    res = _cli(env, "api", "--host", "0.0.0.0", "--port", str(free_port()), timeout=60)
-    assert res.returncode == 2 and "MMRAG_API_KEY" in res.stderr
-    proc = api["proc"]
-    assert (api["home"] / "api.json").exists()
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 0
-    assert not (api["home"] / "api.json").exists()
-    res = _cli(env, "query", "Which ducks dabble?", "--top-k", "3", "--json")  # in-process again
-    assert res.returncode == 0 and json.loads(res.stdout) == api["before"]
-
-
 def test_metrics_parse_as_prometheus_text_and_move_with_requests(api):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -176,3 +163,17 @@ def test_metrics_need_a_key_that_reads_every_source(tmp_path):
         assert client.get("/metrics", headers={"Authorization": "Bearer docs-key"}).status_code == 403
         r = client.get("/metrics", headers={"Authorization": "Bearer all-key"})
         assert r.status_code == 200 and 'mmrag_rows{modality="text"} 0.0' in r.text
+
+
+def test_a_public_bind_needs_a_key_and_stopping_withdraws_the_server(api):
+    env = {k: v for k, v in api["env"].items() if k != "MMRAG_API_KEY"}
+    res = _cli(env, "api", "--host", "0.0.0.0", "--port", str(free_port()), timeout=60)
+    assert res.returncode == 2 and "MMRAG_API_KEY" in res.stderr
+    proc = api["proc"]
+    assert (api["home"] / "api.json").exists()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    assert not (api["home"] / "api.json").exists()
+    res = _cli(env, "query", "Which ducks dabble?", "--top-k", "3", "--json")  # in-process again
+    assert res.returncode == 0 and json.loads(res.stdout) == api["before"]
+
