@@ -30,9 +30,10 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str, encoding: str = "utf-8") -> Path:
-    """Write `data` to `path` through a file aside and a rename."""
+def write_atomic(path: str | os.PathLike, data: bytes | str, encoding: str = "utf-8", mode: int = 0o666) -> Path:
+    """Write `data` to `path` through a file aside and a rename; `mode` (less the umask) from the
+    moment the file exists, so 0o600 is never readable by others."""
     with replacing(path) as tmp:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data.encode(encoding) if isinstance(data, str) else data)
     return Path(path)

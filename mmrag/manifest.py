@@ -218,6 +218,18 @@ class Manifest:
             text, image = c.execute("SELECT COALESCE(SUM(text_rows), 0), COALESCE(SUM(image_rows), 0) FROM files").fetchone()
         return by_status, int(text), int(image)
 
+    def done_since(self, keys: list[str], since: float) -> int:
+        """How many of `keys` reached a final state (in the index, skipped, failed) at or after `since`."""
+        final = (*IN_INDEX, Status.SKIPPED, Status.FAILED)
+        done = 0
+        with self._conn() as c:
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                done += c.execute(f"SELECT COUNT(*) FROM files WHERE file_key IN ({','.join('?' * len(part))}) "
+                                  f"AND updated_at >= ? AND status IN ({','.join('?' * len(final))})",
+                                  (*part, since, *final)).fetchone()[0]
+        return done
+
     def upsert(self, rec: FileRecord) -> None:
         rec.updated_at = time.time()
         rec.reason = scrub(rec.reason) if rec.reason else rec.reason  # errors that echo a URL or a key

@@ -11,14 +11,12 @@ skipped on the way).
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import sys
 import threading
 import time
 from pathlib import Path
 
 POLL_S = 0.5
-FINAL = ("indexed", "partial", "failed", "skipped")
 
 
 def wanted(json_output: bool, stream=None) -> bool:
@@ -27,25 +25,15 @@ def wanted(json_output: bool, stream=None) -> bool:
     return not json_output and hasattr(stream, "isatty") and stream.isatty()
 
 
-def _done(state_path: Path, keys: list[str], since: float) -> int:
-    """How many of `keys` the manifest has in a final state, updated at or after `since`."""
-    done = 0
-    with contextlib.closing(sqlite3.connect(state_path, timeout=5)) as c:
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            done += c.execute(f"SELECT COUNT(*) FROM files WHERE file_key IN ({','.join('?' * len(part))}) "
-                              f"AND updated_at >= ? AND status IN ({','.join('?' * len(FINAL))})",
-                              (*part, since, *FINAL)).fetchone()[0]
-    return done
-
-
 class IngestBar:
     def __init__(self, total: int, state_path: Path, stream=None):
         import os
 
         from tqdm import tqdm
 
-        self.state_path = Path(state_path)
+        from mmrag.manifest import Manifest
+
+        self.manifest = Manifest(Path(state_path))
         if stream is None:
             # A copy of the terminal's descriptor: while steps run, Dagster redirects fds 1 and 2 to its
             # compute logs, and the bar must still reach the terminal.
@@ -73,7 +61,7 @@ class IngestBar:
                     steps = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
                     if steps:
                         self.bar.set_postfix_str(steps[-1].dagster_event.step_key, refresh=False)
-                    self.bar.n = self._before + _done(self.state_path, keys, since)
+                    self.bar.n = self._before + self.manifest.done_since(keys, since)
                     self.bar.refresh()
                 except Exception:  # noqa: BLE001 - a missed update is no reason to disturb the run
                     continue
@@ -86,7 +74,7 @@ class IngestBar:
             stop.set()
             thread.join(5)
             try:
-                self.bar.n = self._before + _done(self.state_path, keys, since)
+                self.bar.n = self._before + self.manifest.done_since(keys, since)
             except Exception:  # noqa: BLE001
                 self.bar.n = self._before + len(keys)
             self._before = self.bar.n

@@ -58,13 +58,11 @@ def _start_parse_worker(settings: Settings, rel_paths: list[str]) -> None:
     from mmrag.sources.filetypes import kind_by_name
 
     try:
-        config = WorkerConfig.from_settings(settings, BlobStore(settings.blobs_dir).root)
-        if settings.parse_service:
-            from mmrag.parsing.service import config_key
-            from mmrag.serve.discovery import served_parser
+        from mmrag.parsing.service import find_service
 
-            if served_parser(settings.home, config_key(config)):
-                return  # the warm parse service of `mmrag up` parses them
+        config = WorkerConfig.from_settings(settings, BlobStore(settings.blobs_dir).root)
+        if find_service(config, settings.home, settings.parse_service):
+            return  # the warm parse service of `mmrag up` parses them
         kinds = sorted({kind_by_name(rel) for rel in rel_paths} - {"unknown"})
         start_spare(config, kinds)
     except Exception as e:  # noqa: BLE001

@@ -299,15 +299,22 @@ class ParseClient:
         return self._conn.recv()
 
 
-def supervised_parser(config: WorkerConfig, home: Path | None, use_service: bool = True):
-    """The run's parser: a client of the parse service `mmrag up` runs on this data dir for this
-    configuration, else a supervised worker of the run's own."""
-    if use_service and home is not None:
-        from mmrag.serve import discovery
+def find_service(config: WorkerConfig, home: Path | None, use_service: bool = True):
+    """(address, key) of the parse service `mmrag up` runs on this data dir for this configuration,
+    or None."""
+    if not use_service or home is None:
+        return None
+    from mmrag.serve import discovery
 
-        if found := discovery.served_parser(home, config_key(config)):
-            address, authkey = found
-            return ParseClient(address, authkey, lambda: ParseSupervisor(config), limits=config.limits)
+    return discovery.served_parser(home, config_key(config))
+
+
+def supervised_parser(config: WorkerConfig, home: Path | None, use_service: bool = True):
+    """The run's parser: a client of the parse service (`find_service`), else a supervised worker of
+    the run's own."""
+    if found := find_service(config, home, use_service):
+        address, authkey = found
+        return ParseClient(address, authkey, lambda: ParseSupervisor(config), limits=config.limits)
     return ParseSupervisor(config)
 
 

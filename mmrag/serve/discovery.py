@@ -38,15 +38,7 @@ def announce(home: Path, name: str, info: dict, pid: int | None = None, private:
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     data = json.dumps({**info, "started": time.time(), **owner_tags(pid)})
-    if not private:
-        return write_atomic(home / name, data)
-    path = home / name
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(home / name, data, mode=0o600 if private else 0o666)
 
 
 def lookup(home: Path, name: str) -> dict | None:
