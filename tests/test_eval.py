@@ -79,13 +79,38 @@ def test_eval_cli_gives_the_recall_the_slice_was_built_to_give(mmrag_env, tmp_pa
     from mmrag_assets.retrieval_eval import retrieval_eval
 
     monkeypatch.delenv("MMRAG_LLM_URL")
-    result = materialize([retrieval_eval], resources=default_resources(), instance=DagsterInstance.ephemeral(),
-                         run_config={"ops": {"retrieval_eval": {"config": {"eval_dir": str(folder)}}}})
-    assert result.success
-    meta = result.asset_materializations_for_node("retrieval_eval")[0].metadata
+    instance = DagsterInstance.ephemeral()
+
+    def run_eval(**config):
+        result = materialize([retrieval_eval], resources=default_resources(), instance=instance,
+                             run_config={"ops": {"retrieval_eval": {"config": {"eval_dir": str(folder), **config}}}})
+        assert result.success  # a failed ERROR check is recorded, it does not fail the step
+        [check] = result.get_asset_check_evaluations()
+        return result.asset_materializations_for_node("retrieval_eval")[0].metadata, check
+
+    meta, check = run_eval(recall_at_5_floor=0.9)
     assert meta["recall@1"].value == 0.75 and meta["recall@5"].value == 1.0
     assert "| all | 4 | 0.750 | 1.000 | 1.000 |" in meta["table"].value
     assert meta["plot"].value.endswith(".png") and meta["not_answerable_recognised"].value.startswith("n/a")
+    assert check.check_name == "recall_at_5" and check.passed, check.description
+    assert "no previous evaluation" in check.description
+
+    # The gate: a question whose evidence page no document has brings recall@5 to 0.8 —
+    # under the floor, and a drop from the last evaluation (1.0), each named.
+    with open(folder / "samples.jsonl", "a") as f:
+        f.write(json.dumps({"doc_id": "birds.pdf", "doc_type": "test", "question": "Where do puffins nest?",
+                            "answer": "", "evidence_pages": "[9]", "evidence_sources": "['Pure-text (Plain-text)']",
+                            "answer_format": "Str"}) + "\n")
+    meta, check = run_eval(recall_at_5_floor=0.9)
+    assert meta["recall@5"].value == 0.8 and not check.passed
+    assert check.severity.value == "ERROR"
+    assert "under the floor 0.900" in check.description and "dropped from 1.000 to 0.800" in check.description
+    stored = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [check.asset_check_key])[check.asset_check_key]
+    assert stored.status.value == "FAILED"
+    # A lower floor and a drop compared with the last evaluation (0.8 now): it passes again.
+    meta, check = run_eval(recall_at_5_floor=0.5)
+    assert check.passed and "previous 0.800" in check.description
 
 
 def test_eval_asset_says_what_to_run_when_the_documents_are_not_indexed(mmrag_env, tmp_path):
