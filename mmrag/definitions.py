@@ -9,6 +9,7 @@ from dagster import Definitions
 
 from mmrag.orchestration.runs import patch_claim_polling
 from mmrag_assets.cleanup import cleanup_job
+from mmrag_assets.index_audit import audit_job, audit_schedule, index_audit
 from mmrag_assets.jobs import ASSETS, eval_job, ingest_job
 from mmrag_assets.retrieval_eval import retrieval_eval
 from mmrag_resources.data_dir import DataDirResource
@@ -40,9 +41,9 @@ def default_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*ASSETS, retrieval_eval],
-    jobs=[ingest_job, cleanup_job, eval_job],
+    assets=[*ASSETS, retrieval_eval, index_audit],
+    jobs=[ingest_job, cleanup_job, eval_job, audit_job],
     sensors=[watch_folders],
-    schedules=[reindex_schedule],
+    schedules=[reindex_schedule, audit_schedule],
     resources=default_resources(),
 )

@@ -324,6 +324,20 @@ class Manifest:
                     out.setdefault(ref, []).append(fk)
         return out
 
+    def all_graph_refs(self) -> dict[str, dict[str, set[str]]]:
+        """{kind: {file_key: refs}} of every file (the index audit)."""
+        out: dict[str, dict[str, set[str]]] = {}
+        with self._conn() as c:
+            for fk, kind, ref in c.execute("SELECT file_key, kind, ref FROM graph_refs"):
+                out.setdefault(kind, {}).setdefault(fk, set()).add(ref)
+        return out
+
+    def drop_graph_refs(self, file_keys) -> None:
+        """Forget the graph references of files the manifest no longer lists (the audit's repair)."""
+        with self._conn() as c:
+            c.executemany("DELETE FROM graph_refs WHERE file_key=? AND file_key NOT IN (SELECT file_key FROM files)",
+                          [(k,) for k in file_keys])
+
     def ref_holders(self, kind: str, ref: str) -> list[str]:
         """Which files hold a graph item (a chunk id two files share, say)."""
         with self._conn() as c:

@@ -10,14 +10,13 @@ from pathlib import Path
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
 from mmrag.faults import crash_point
+from mmrag.index.stage_files import STAGES
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import TextEmbedderResource
 from mmrag_resources.lightrag import LightRAGResource
 from mmrag_resources.llm import LLMResource
 from mmrag_resources.milvus import MilvusResource
 from mmrag_resources.stage_store import StageStore
-
-STAGES = ("raw_files", "parsed_blocks", "modal_descriptions", "embeddings", "milvus_partitions", "lightrag_graph")
 
 
 class CleanupConfig(Config):

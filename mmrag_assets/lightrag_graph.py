@@ -7,14 +7,19 @@ file's previous contributions are removed first; chunks shared with other files 
 Each file's final status (indexed / partial, or failed when its graph failed) is written in the same
 commit as its graph contributions (`GraphStore.index_files(on_commit=...)`): until then the file is
 `indexing`, i.e. stale, and a run killed in between is redone by the next sync.
+
+Asset check `graph_refs_resolve`, per file committed: every entity, relation and chunk the manifest
+says the file contributed is in LightRAG's stores. A file that fails it is recorded as a transient
+failure, so the next sync indexes it again.
 """
 
 import time
 
-from dagster import AssetExecutionContext, asset
+from dagster import AssetExecutionContext, Output, asset
 
 from mmrag.index.stages import FileOutcome, WrittenFile
 from mmrag.manifest import TRANSIENT, Status, record_outcome
+from mmrag_assets._checks import GRAPH_CHECK, evaluations, spec
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import resolved
@@ -26,10 +31,12 @@ from mmrag_resources.llm import LLMResource
 
 @asset(partitions_def=source_files, io_manager_key="stage_store", group_name="index", kinds={"networkx"},
        pool="mmrag_index",
+       check_specs=[spec("lightrag_graph", GRAPH_CHECK, "Every entity, relation and chunk the file contributed "
+                         "(the manifest's graph references) is in LightRAG's stores.")],
        description="The file's entities, relations and chunks in LightRAG (graph on disk, vectors in Milvus).")
 def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_partitions: dict[str, WrittenFile],
                    lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
-                   data_dir: DataDirResource) -> dict:
+                   data_dir: DataDirResource):
     client = llm.client()
     manifest = data_dir.manifest()
     out, rows, batch, known = {}, [], [], {}
@@ -58,8 +65,9 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         return fields
 
     if not batch:  # nothing for the graph: LightRAG is not opened (nor the embedder asked)
-        context.add_output_metadata({**outcome_counts(embeddings), "per_file": files_table(rows)})
-        return out
+        yield Output(out, metadata={**outcome_counts(embeddings), "per_file": files_table(rows)})
+        yield from evaluations("lightrag_graph", GRAPH_CHECK, {})
+        return
     graph = lightrag.store(text_embedder.embedder(client), client, manifest)
     for key, result in graph.index_files(batch, known_vectors=known, on_commit=statuses).items():
         if isinstance(result, Exception):  # one file's graph failure does not stop the others
@@ -70,8 +78,20 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         else:
             out[key] = {"status": Status.INDEXED, **result}
             rows.append((key, Status.INDEXED, ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("nodes", "edges"))))
+    committed = [k for k, v in out.items() if v.get("status") == Status.INDEXED]
+    unresolved = graph.unresolved_refs(committed)
+    checks = {}
+    for key in committed:
+        if lost := unresolved.get(key):
+            why = f"{len(lost)} graph references do not resolve: " + ", ".join(lost[:5])
+            context.log.error(f"{key}: {why}")
+            manifest.update(key, **record_outcome(Status.FAILED, f"graph check: {why}", kind=TRANSIENT, now=time.time(),
+                                                  prior=written[key].prior_transient, backoff=settings.retry_at).fields())
+            checks[key] = (False, why, {"unresolved": len(lost)})
+        else:
+            checks[key] = (True, "its entities, relations and chunks are in the graph", {})
     nodes, edges = graph.stats()
-    context.add_output_metadata({**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
-                                 "mode": "llm extraction" if client else "structural (no LLM)",
-                                 "per_file": files_table(rows)})
-    return out
+    yield Output(out, metadata={**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
+                                "mode": "llm extraction" if client else "structural (no LLM)",
+                                "per_file": files_table(rows)})
+    yield from evaluations("lightrag_graph", GRAPH_CHECK, checks)

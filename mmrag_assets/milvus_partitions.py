@@ -7,16 +7,21 @@ skipped or failed keeps whatever rows it had: bad input never costs what is alre
 A file whose rows are written is recorded as `indexing`, not `indexed`: it counts as indexed only
 when the graph step has committed its contributions too (`lightrag_graph` writes the final status,
 handed on as the output's `WrittenFile.outcome`). A run that dies in between leaves the file stale.
+
+Asset check `rows_match_stage_output`, per file written: the ids in Milvus (both collections) are
+exactly the ids of the rows this stage produced for this version, none of an older one. A file that
+fails it goes no further (no graph step) and is recorded as a transient failure, retried later.
 """
 
 import time
 
-from dagster import AssetExecutionContext, asset
+from dagster import AssetExecutionContext, Output, asset
 
-from mmrag.faults import crash_point
+from mmrag.faults import crash_point, plant_point
 from mmrag.index.milvus_store import IMAGE, TEXT
 from mmrag.index.stages import DEGRADED, FileOutcome, WrittenFile, milvus_rows
-from mmrag.manifest import FileRecord, Status, record_outcome
+from mmrag.manifest import TRANSIENT, FileRecord, Status, record_outcome
+from mmrag_assets._checks import MILVUS_CHECK, evaluations, spec
 from mmrag_assets._meta import files_table, outcome_counts
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import pipeline_settings
@@ -30,17 +35,19 @@ from mmrag_resources.whisper import WhisperResource
 
 @asset(partitions_def=source_files, io_manager_key="stage_store", group_name="index", kinds={"milvus"},
        pool="mmrag_index",
+       check_specs=[spec("milvus_partitions", MILVUS_CHECK, "The file's Milvus rows are exactly the rows this stage "
+                         "produced for its version: none missing, none of an older version.")],
        description="The file's rows in the Milvus text and image collections (partition key: source).")
 def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: MilvusResource,
                       data_dir: DataDirResource, parsers: ParserResource, llm: LLMResource,
                       text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource,
-                      whisper: WhisperResource) -> dict:
+                      whisper: WhisperResource):
     settings = pipeline_settings(parsers, llm, text_embedder, image_embedder, whisper)
     fingerprint, now = settings.fingerprint(), time.time()
     manifest = data_dir.manifest()
     roots = manifest.sources()
     store = None  # opened for the first file with rows (the embedders' dims are known by then)
-    out, rows = {}, []
+    out, rows, expected = {}, [], {}
     for key in context.partition_keys:
         emb = embeddings[key]
         source, _, rel = key.partition(":")
@@ -76,14 +83,40 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         rec.text_rows, rec.image_rows = len(text_rows), len(image_rows)
         manifest.upsert(rec)
         crash_point("milvus")
+        plant_point("milvus", key, store)
+        expected[key] = ({r.id for r in text_rows}, {r.id for r in image_rows}, rec)
         out[key] = WrittenFile(True, commit, prior, len(text_rows), len(image_rows))
         rows.append((key, commit.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
                                          f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
     if store is not None:
         store.flush()
+    checks = {}
+    for key, (want_text, want_image, rec) in expected.items():
+        passed, why = rows_match(store, key, want_text, want_image)
+        checks[key] = (passed, why, {"text_rows": len(want_text), "image_rows": len(want_image)})
+        if not passed:  # kept from the graph step; the next sync writes it again
+            context.log.error(f"{key}: {why}")
+            outcome = record_outcome(Status.FAILED, f"milvus check: {why}", kind=TRANSIENT, now=now,
+                                     prior=out[key].prior_transient, backoff=settings.retry_at)
+            manifest.upsert(rec.record(outcome))
+            out[key] = WrittenFile(False, outcome)
     uri = milvus.settings().resolved_milvus_uri
-    context.add_output_metadata({
+    yield Output(out, metadata={
         **outcome_counts(embeddings), "uri": uri if not milvus.is_lite else f"Milvus Lite: {uri}",
         "fingerprint": fingerprint, "per_file": files_table(rows),
     })
-    return out
+    yield from evaluations("milvus_partitions", MILVUS_CHECK, checks)
+
+
+def rows_match(store, key: str, want_text: set[str], want_image: set[str]) -> tuple[bool, str]:
+    """Whether the file's ids in both collections are exactly the wanted ones, and how not."""
+    why = []
+    for modality, want in ((TEXT, want_text), (IMAGE, want_image)):
+        have = set(store.ids_for_file(modality, key)) if store.has(modality) else set()
+        if missing := want - have:
+            why.append(f"{len(missing)} of {len(want)} {modality} rows missing")
+        if extra := have - want:
+            why.append(f"{len(extra)} {modality} rows of another version")
+    if why:
+        return False, "; ".join(why)
+    return True, f"{len(want_text)} text and {len(want_image)} image rows, exactly this version's"

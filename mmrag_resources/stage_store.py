@@ -8,7 +8,6 @@ dict for the partitions of their run.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any, Optional
@@ -16,21 +15,9 @@ from typing import Any, Optional
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from mmrag.files import write_atomic
+from mmrag.index.stage_files import load_output
+from mmrag.index.stage_files import stage_file_name as _name
 from mmrag_resources._settings import resolved
-
-# Modules whose classes earlier versions pickled, and where those classes live now: an output
-# written before an upgrade still loads.
-MOVED = {"mmrag.stages": "mmrag.index.stages", "mmrag.state": "mmrag.manifest", "mmrag.media": "mmrag.parsing.media",
-         "mmrag.subtitles": "mmrag.parsing.subtitles", "mmrag.sync": "mmrag.sources.sync"}
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        return super().find_class(MOVED.get(module, module), name)
-
-
-def _name(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".pkl"
 
 
 class StageStore(ConfigurableIOManager):
@@ -55,8 +42,7 @@ class StageStore(ConfigurableIOManager):
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
         out = {}
         for key in keys:
-            with open(d / _name(key), "rb") as f:
-                out[key] = _Unpickler(f).load()
+            out[key] = load_output(d / _name(key))
         return out
 
     def delete(self, asset_key, partition_key: str) -> None:

@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     pq.add_argument("--json", action="store_true")
     ps = sub.add_parser("status", help="rows per source and file; stale files")
     ps.add_argument("--json", action="store_true")
+    pc = sub.add_parser("check", help="audit the index: folders, manifest, Milvus, graph, blobs and stage outputs "
+                                      "compared, every difference named (--repair fixes them)")
+    pc.add_argument("--source", action="append", help="only this source (repeatable)")
+    pc.add_argument("--repair", action="store_true", help="delete orphans, index again what differs, then check again")
+    pc.add_argument("--grace-s", type=float, default=3600.0,
+                    help="blobs nothing names count as orphans after this age (runs in flight hold fresh ones)")
+    pc.add_argument("--json", action="store_true")
     pd = sub.add_parser("dev", help="open the Dagster UI on this project")
     pd.add_argument("--port", type=int, default=3000)
     pe = sub.add_parser("eval", help="page recall@1/5/10 on an MMLongBench-Doc-style folder (documents/ + samples.jsonl)")
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("lightrag", "nano-vectordb", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from mmrag.cli.admin import cmd_dev, cmd_eval, cmd_gc, cmd_status
+    from mmrag.cli.check import cmd_check
     from mmrag.cli.ingest import cmd_ingest
     from mmrag.cli.query import cmd_query
     from mmrag.cli.serve import (
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     skip_exit_collection()
     try:
         return {"ingest": cmd_ingest, "query": cmd_query, "status": cmd_status, "dev": cmd_dev,
-                "eval": cmd_eval, "gc": cmd_gc, "ui": cmd_ui, "api": cmd_api, "up": cmd_up,
+                "eval": cmd_eval, "gc": cmd_gc, "check": cmd_check, "ui": cmd_ui, "api": cmd_api, "up": cmd_up,
                 "embed-server": cmd_embed_server, "parse-server": cmd_parse_server}[args.cmd](args)
     except IndexBusyError as e:
         print(f"mmrag: {e}", file=sys.stderr)

@@ -212,6 +212,31 @@ async def graph_size(rag) -> tuple[int, int]:
     return len(await g.get_all_nodes()), len(await g.get_all_edges())
 
 
+def inventory_on_disk(working_dir: Path, namespace: str) -> tuple[set[str], set[tuple[str, str]], set[str]]:
+    """Every node, edge (as a sorted pair) and chunk id of the last committed graph, read from its
+    files (NetworkX's GraphML, the JSON chunk store) without LightRAG, Milvus or an embedder: the
+    index audit. The files are replaced whole (atomic writes), so a session in flight is not seen."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    ws = Path(working_dir) / workspace_name(namespace)
+    nodes: set[str] = set()
+    edges: set[tuple[str, str]] = set()
+    graphml = ws / "graph_chunk_entity_relation.graphml"
+    if graphml.exists():
+        for _, el in ET.iterparse(graphml):
+            tag = el.tag.rsplit("}", 1)[-1]
+            if tag == "node":
+                nodes.add(el.get("id"))
+                el.clear()
+            elif tag == "edge":
+                edges.add(tuple(sorted((el.get("source"), el.get("target")))))
+                el.clear()
+    chunks_file = ws / "kv_store_text_chunks.json"
+    chunks = set(json.loads(chunks_file.read_text(encoding="utf-8"))) if chunks_file.exists() else set()
+    return nodes, edges, chunks
+
+
 # -- atomic files -------------------------------------------------------------------------------------
 _PATCHED = False
 

@@ -270,6 +270,42 @@ class GraphStore:
             await self.vectors.flush()
             return out
 
+    def unresolved_refs(self, file_keys) -> dict[str, list[str]]:
+        """{file: what of its graph references the stores lack} (files whose references all resolve
+        left out): the `lightrag_graph` asset check."""
+        async def find():
+            rag, out = self.rag, {}
+            g = rag.chunk_entity_relation_graph
+            for fk in file_keys:
+                ents, chunks = self.manifest.graph_refs(fk, "entity"), self.manifest.graph_refs(fk, "chunk")
+                lost = [f"entity {e!r}" for e in sorted(set(ents) - await g.has_nodes_batch(ents))]
+                lost += [f"chunk {c}" for c in sorted(await rag.text_chunks.filter_keys(set(chunks)))]
+                for r in self.manifest.graph_refs(fk, "relation"):
+                    a, _, b = r.partition(REL_SEP)
+                    if not await g.has_edge(a, b):
+                        lost.append(f"relation {a!r} – {b!r}")
+                if lost:
+                    out[fk] = lost
+            return out
+
+        self.refresh()
+        return self.run(find())
+
+    def remove_orphans(self, entities, relations, chunks) -> dict:
+        """Delete graph items no file holds (the audit's repair), in one write session."""
+        async def drop():
+            async with adapter.persist_deferred(self._rag):
+                ents, pairs = await self._adrop(entities, {tuple(sorted(r)) for r in relations}, sorted(chunks))
+                await self.vectors.flush()
+            return {"entities": len(ents), "relations": len(pairs), "chunks": len(chunks)}
+
+        with self._lock, self.session.writer():
+            self.rag  # noqa: B018
+            with self.session.open():
+                out = self.run(drop())
+                self.session.commit()
+            return out
+
     def stats(self) -> tuple[int, int]:
         """(nodes, edges) of the graph."""
         return self.run(adapter.graph_size(self.rag))
@@ -404,12 +440,34 @@ class GraphStore:
             "src_id": min(a, b), "tgt_id": max(a, b), "source_id": d["source_id"], "file_path": fk,
             "content": f"{d['keywords']}\t{min(a, b)}\n{max(a, b)}\n{d['description']}"} for (a, b), d in edges.items()})
 
-    async def _aremove(self, fk: str) -> dict:
+    async def _adrop(self, entities, pairs: set[tuple[str, str]], chunks: list[str]) -> tuple[list, set]:
+        """Delete nodes (with their edges), edges and chunks from the graph, the KV stores and the
+        vector stores; returns the nodes and edges that were there."""
         from lightrag.utils import (
             compute_mdhash_id,
             make_relation_chunk_key,
             make_relation_vdb_ids,
         )
+        rag = self._rag
+        g = rag.chunk_entity_relation_graph
+        ents = sorted(await g.has_nodes_batch(list(entities)))
+        pairs = set(pairs)
+        for es in (await g.get_nodes_edges_batch(ents)).values():  # edges of deleted nodes go too
+            pairs |= {tuple(sorted(e)) for e in es or []}
+        if pairs:
+            await rag.relationships_vdb.delete([i for a, b in pairs for i in make_relation_vdb_ids(a, b)])
+            await g.remove_edges(list(pairs))
+            await rag.relation_chunks.delete([make_relation_chunk_key(a, b) for a, b in pairs])
+        if ents:
+            await rag.entities_vdb.delete([compute_mdhash_id(e, prefix="ent-") for e in ents])
+            await g.remove_nodes(ents)
+            await rag.entity_chunks.delete(ents)
+        if chunks:
+            await rag.chunks_vdb.delete(list(chunks))
+            await rag.text_chunks.delete(list(chunks))
+        return ents, pairs
+
+    async def _aremove(self, fk: str) -> dict:
         rag, refs = self._rag, self.session.refs
         others = lambda kind, ref: [h for h in refs.holders(kind, ref) if h != fk]  # noqa: E731
         chunks = set(refs.get(fk, "chunk"))
@@ -421,24 +479,10 @@ class GraphStore:
                 res = await rag.adelete_by_doc_id(doc_id)
                 if res.status not in ("success", "not_found"):
                     raise RuntimeError(f"LightRAG could not delete {fk}: {res.message}")
-        g = rag.chunk_entity_relation_graph
         mine = [e for e in refs.get(fk, "entity") if not others("entity", e)]
-        ents = sorted(await g.has_nodes_batch(mine))
         pairs = {tuple(r.split(REL_SEP)) for r in refs.get(fk, "relation") if not others("relation", r)}
-        for es in (await g.get_nodes_edges_batch(ents)).values():  # edges of deleted nodes go too
-            pairs |= {tuple(sorted(e)) for e in es or []}
-        if pairs:
-            await rag.relationships_vdb.delete([i for a, b in pairs for i in make_relation_vdb_ids(a, b)])
-            await g.remove_edges(list(pairs))
-            await rag.relation_chunks.delete([make_relation_chunk_key(a, b) for a, b in pairs])
-        if ents:
-            await rag.entities_vdb.delete([compute_mdhash_id(e, prefix="ent-") for e in ents])
-            await g.remove_nodes(ents)
-            await rag.entity_chunks.delete(ents)
         gone = sorted(chunks - set(shared))
-        if gone:
-            await rag.chunks_vdb.delete(gone)
-            await rag.text_chunks.delete(gone)
+        ents, pairs = await self._adrop(mine, pairs, gone)
         for cid, holders in shared.items():  # a surviving shared chunk now belongs to another file
             rec = await rag.text_chunks.get_by_id(cid)
             if rec and rec.get("full_doc_id") in (fk, lr_doc_id(fk)):

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 _clients: dict[tuple[str, str, str], Any] = {}
@@ -257,17 +257,26 @@ class MilvusStore:
     # -- reads -----------------------------------------------------------------------------------
     def image_paths(self) -> set[str]:
         """Every `image_path` the index points to (both collections): what blob GC must keep."""
-        out: set[str] = set()
-        for modality in (TEXT, IMAGE):
-            if (name := self._loaded(modality)) is None:
-                continue
-            it = self.client.query_iterator(name, batch_size=1000, filter='image_path != ""', output_fields=["image_path"])
-            try:
-                while batch := it.next():
-                    out.update(r["image_path"] for r in batch)
-            finally:
-                it.close()
-        return out
+        return {r["image_path"] for modality in (TEXT, IMAGE)
+                for r in self.all_rows(modality, ["image_path"], 'image_path != ""')}
+
+    def all_rows(self, modality: str, fields: list[str], filter: str = "") -> Iterator[dict]:
+        """Every row of a collection (the given fields and the id), in batches of 1,000."""
+        if (name := self._loaded(modality)) is None:
+            return
+        it = self.client.query_iterator(name, batch_size=1000, filter=filter, output_fields=fields)
+        try:
+            while batch := it.next():
+                yield from batch
+        finally:
+            it.close()
+
+    def delete_ids(self, modality: str, ids: list[str]) -> int:
+        name = self.collection(modality)
+        if not ids or not self.client.has_collection(name):
+            return 0
+        self.client.delete(name, ids=list(ids))
+        return len(ids)
 
     def image_row(self, row_id: str) -> dict | None:
         """The row `row_id` (either collection) if it has an image: its file key, source and image_path."""

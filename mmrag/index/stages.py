@@ -179,7 +179,7 @@ def milvus_rows(emb: EmbeddedFile):
 
     def make(c: Chunk, vec) -> Row:
         return Row(
-            id=row_id(doc.file_key, c.id, c.content_hash + image_ref(c.image_path)),
+            id=_row_id(doc.file_key, c),
             file_key=doc.file_key, source=doc.source, modality=c.modality, text=c.text,
             vector=[float(x) for x in vec], page=-1 if c.page is None else c.page, bbox=c.bbox,
             t_start=-1.0 if c.t_start is None else c.t_start, t_end=-1.0 if c.t_end is None else c.t_end,
@@ -192,3 +192,15 @@ def milvus_rows(emb: EmbeddedFile):
     if emb.image_vectors is not None:
         image_rows = [make(c, v) for c, v in zip(emb.image_chunks, emb.image_vectors)]
     return text_rows, image_rows
+
+
+def _row_id(file_key: str, c: Chunk) -> str:
+    return row_id(file_key, c.id, c.content_hash + image_ref(c.image_path))
+
+
+def expected_row_ids(emb: EmbeddedFile) -> tuple[list[str], list[str]]:
+    """The ids `milvus_rows` gives the file's text and image rows (the index audit, the asset check)."""
+    fk = emb.doc.file_key
+    text = [_row_id(fk, c) for c in emb.chunks[:len(emb.text_vectors)]]
+    image = [_row_id(fk, c) for c in emb.image_chunks] if emb.image_vectors is not None else []
+    return text, image

@@ -1,0 +1,94 @@
+"""Benchmark (not a test): what `mmrag check` costs on an index of N small files, and what the data
+dir and the Dagster instance weigh per indexed file.
+
+In a fresh MMRAG_HOME and DAGSTER_HOME (SQLite, the repo's dagster.yaml): N small Markdown files in
+folders of 1,000 are ingested with `mmrag ingest` (the real pipeline, embedded defaults, no LLM);
+then `mmrag check --json` runs R times (wall time of the command, and its own time per part). Sizes:
+the Dagster home, the Milvus Lite dir, LightRAG, the blobs, the stage outputs and the manifest, per file.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/audit.py [--files 2700] [--repeat 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MMRAG = [sys.executable, "-m", "mmrag.cli"]
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=2700)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mmrag-bench-audit-"))
+    root, home, dhome = tmp / "notes", tmp / "home", tmp / "dagster"
+    dhome.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dhome / "dagster.yaml")
+    for i in range(a.files):
+        f = root / f"d{i // 1000:03d}" / f"f{i:06d}.md"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f"# Note {i}\n\nSurvey note number {i} counts {i % 97} teal and {i % 13} wigeon.\n\n"
+                     f"## Where\n\nPond {i % 31}, seen on day {i % 365}.\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")}
+    env.update(MMRAG_HOME=str(home), DAGSTER_HOME=str(dhome), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    try:
+        t = time.perf_counter()
+        ing = subprocess.run([*MMRAG, "ingest", str(root), "--source", "notes", "--json"], env=env,
+                             capture_output=True, text=True, cwd=REPO)
+        ingest_s = time.perf_counter() - t
+        if ing.returncode != 0:
+            sys.exit(f"ingest failed ({ing.returncode}): {ing.stderr[-2000:]}")
+        indexed = json.loads(ing.stdout)["indexed"]
+        walls, parts = [], []
+        for _ in range(a.repeat):
+            t = time.perf_counter()
+            chk = subprocess.run([*MMRAG, "check", "--json"], env=env, capture_output=True, text=True, cwd=REPO)
+            walls.append(time.perf_counter() - t)
+            res = json.loads(chk.stdout)
+            if not res["before"]["clean"]:
+                sys.exit(f"the fresh index does not check clean: {res['before']['summary']}")
+            parts.append(res["before"]["seconds"])
+        sizes = {"dagster instance": _size(dhome), "milvus": _size(home / "milvus.db") + _size(home / "milvus"),
+                 "lightrag": _size(home / "lightrag"), "blobs": _size(home / "blobs"),
+                 "stage outputs": _size(home / "stages"), "manifest": _size(home / "state.sqlite"),
+                 "whole MMRAG_HOME": _size(home)}
+        out = {"files": a.files, "indexed": indexed, "ingest_s": round(ingest_s, 1),
+               "check_wall_s": [round(w, 2) for w in walls], "check_wall_s_median": round(statistics.median(walls), 2),
+               "check_parts_s": parts[-1],
+               "bytes_per_file": {k: round(v / max(indexed, 1)) for k, v in sizes.items()},
+               "mb": {k: round(v / 1e6, 1) for k, v in sizes.items()}}
+        if a.json:
+            print(json.dumps(out, indent=2))
+        else:
+            print(f"{indexed} files indexed in {out['ingest_s']} s")
+            print(f"mmrag check: {out['check_wall_s_median']} s wall (median of {a.repeat}); parts {out['check_parts_s']}")
+            for k, v in sizes.items():
+                print(f"  {k:18s} {v / 1e6:8.1f} MB  {v / max(indexed, 1) / 1e3:8.1f} KB per file")
+    finally:
+        if not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

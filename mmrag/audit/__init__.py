@@ -1,0 +1,1 @@
+"""The index audit (`mmrag check`) and its repair."""
