@@ -15,7 +15,8 @@ from dagster import AssetExecutionContext, asset
 
 from mmrag.index.stages import FileOutcome, WrittenFile
 from mmrag.manifest import TRANSIENT, Status, record_outcome
-from mmrag_assets._meta import files_table, outcome_counts
+from mmrag.models import usage
+from mmrag_assets._meta import files_table, outcome_counts, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import resolved
 from mmrag_resources.data_dir import DataDirResource
@@ -61,7 +62,12 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         context.add_output_metadata({**outcome_counts(embeddings), "per_file": files_table(rows)})
         return out
     graph = lightrag.store(text_embedder.embedder(client), client, manifest)
-    for key, result in graph.index_files(batch, known_vectors=known, on_commit=statuses).items():
+    with usage.metered() as meter:  # each file's extraction and merge requests; shared work under ""
+        try:
+            results = graph.index_files(batch, known_vectors=known, on_commit=statuses)
+        finally:
+            spent = report_usage(context, meter, manifest)
+    for key, result in results.items():
         if isinstance(result, Exception):  # one file's graph failure does not stop the others
             reason = f"graph: {type(result).__name__}: {result}"
             context.log.error(f"{key}: {reason}")
@@ -73,5 +79,5 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     nodes, edges = graph.stats()
     context.add_output_metadata({**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
                                  "mode": "llm extraction" if client else "structural (no LLM)",
-                                 "per_file": files_table(rows)})
+                                 **spent, "per_file": files_table(rows)})
     return out
