@@ -107,6 +107,7 @@ def test_manifest_sums_are_cumulative_and_a_deleted_file_leaves_its_cost(tmp_pat
                          (DELETED, "llm", "chat"): Usage(4, 31, 16, 0, 3.0, 3)}
 
 
+@pytest.mark.slow
 def test_usage_per_file_run_and_query_equals_what_the_server_counted(mmrag_env, tmp_path, capsys, openai_server,
                                                                     monkeypatch):
     """An ingest with the model server: the files' sums in the manifest, the run's tags and its steps'
