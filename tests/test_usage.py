@@ -171,6 +171,13 @@ def test_usage_per_file_run_and_query_equals_what_the_server_counted(mmrag_env, 
     assert _counts(status["usage"]) == _counts(served) and status["usage"]["cost"]["usd"] == pytest.approx(cost, abs=1e-5)
     files = {f["path"]: f["usage"] for f in status["sources"]["docs"]["files"]}
     assert files["chart.png"]["images"] == 1 and _counts(status["sources"]["docs"]["usage"]) == _counts(served)
+    from mmrag.cli import main
+
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert f"model usage: {served['requests']} requests, {served['prompt_tokens']} prompt" in text
+    assert "  fake-vlm: 1 requests" in text and f"cost: ${cost:.4f}" in text
 
     # nothing changed: no request, nothing added
     code, _ = cli_json(capsys, "ingest", str(root), "--source", "docs")
