@@ -103,6 +103,9 @@ class Settings:
     retry_backoff_s: float = 300.0
     retry_backoff_max_s: float = 6 * 3600.0
     slot_wait_s: float = 3600.0  # how long an ingest waits for a Dagster pool slot held by a live run
+    # model prices (mmrag.models.usage.Prices): JSON inline or a JSON file's path, {"model": {"prompt":
+    # USD per 1M tokens, "completion": ..., "image": USD per image}}; "" = usage without cost
+    price_table: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -158,6 +161,7 @@ class Settings:
             retry_backoff_max_s=float(env.get("MMRAG_RETRY_BACKOFF_MAX_S") or d.retry_backoff_max_s),
             slot_wait_s=float(env.get("MMRAG_SLOT_WAIT_S") or d.slot_wait_s),
             parse_service=(env.get("MMRAG_PARSE_SERVICE") or "on").lower() not in ("0", "false", "no", "off"),
+            price_table=env.get("MMRAG_PRICES", d.price_table),
         )
 
     def with_(self, **kw) -> "Settings":
@@ -187,6 +191,12 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    def prices(self):
+        """MMRAG_PRICES as `mmrag.models.usage.Prices` (empty when unset); ValueError when unreadable."""
+        from mmrag.models.usage import Prices
+
+        return Prices.parse(self.price_table)
 
     def retry_at(self, attempts: int, now: float) -> float:
         """When a file that failed transiently `attempts` times in a row is tried again."""

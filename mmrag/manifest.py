@@ -67,6 +67,20 @@ CREATE TABLE IF NOT EXISTS graph_commits (
     txn TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS graph_refs_ref ON graph_refs(kind, ref);
+CREATE TABLE IF NOT EXISTS usage (
+    file_key TEXT NOT NULL,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0,
+    cache_hits INTEGER NOT NULL DEFAULT 0,
+    saved_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    saved_completion_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (file_key, model, kind)
+);
 """
 # Columns added after the first release: ALTERed into older manifests when they are opened.
 _ADDED_COLUMNS = {"failure_kind": "TEXT", "attempts": "INTEGER DEFAULT 0", "retry_at": "REAL"}
@@ -256,6 +270,39 @@ class Manifest:
         with self._conn() as c:
             c.execute("DELETE FROM files WHERE file_key=?", (file_key,))
             c.execute("DELETE FROM graph_refs WHERE file_key=?", (file_key,))
+            _fold_usage(c, file_key)
+
+    # -- model usage (mmrag.models.usage) ---------------------------------------------------------
+    def add_usage(self, rows) -> None:
+        """Add usage to the files' sums: `rows` {(file key, model, kind): Usage} (a `UsageMeter`'s
+        snapshot). Cumulative: a file re-indexed adds what the new requests used."""
+        from mmrag.models.usage import COUNTS
+
+        items = [(k, u) for k, u in dict(rows).items() if u]
+        if not items:
+            return
+        cols = ",".join(COUNTS)
+        sets = ",".join(f"{f}={f}+excluded.{f}" for f in COUNTS)
+        with self._conn() as c:
+            c.executemany(f"INSERT INTO usage (file_key, model, kind, {cols}) VALUES (?,?,?,{','.join('?' * len(COUNTS))}) "
+                          f"ON CONFLICT(file_key, model, kind) DO UPDATE SET {sets}",
+                          [(*k, *(getattr(u, f) for f in COUNTS)) for k, u in items])
+
+    def usage(self, file_keys=None, sources=None) -> dict:
+        """{(file key, model, kind): Usage}: of `file_keys`, or of the files of `sources`, or all
+        (with the rows of shared work, "", and of deleted files, `mmrag.models.usage.DELETED`)."""
+        from mmrag.models.usage import COUNTS, Usage
+
+        q, args = f"SELECT file_key, model, kind, {','.join(COUNTS)} FROM usage", ()
+        if file_keys is not None:
+            keys = list(file_keys)
+            q, args = q + f" WHERE file_key IN ({','.join('?' * len(keys))})", tuple(keys)
+        elif sources is not None:
+            prefixes = [f"{s}:" for s in sources]
+            q += " WHERE " + (" OR ".join("substr(file_key, 1, ?) = ?" for _ in prefixes) or "0")
+            args = tuple(x for p in prefixes for x in (len(p), p))
+        with self._conn() as c:
+            return {tuple(r[:3]): Usage(*r[3:]) for r in c.execute(q, args)}
 
     # -- sources (name -> root folder) --------------------------------------------------------------
     def set_source(self, name: str, root: str) -> None:
@@ -311,6 +358,7 @@ class Manifest:
             for fk in deletes:
                 c.execute("DELETE FROM files WHERE file_key=?", (fk,))
                 c.execute("DELETE FROM graph_refs WHERE file_key=?", (fk,))
+                _fold_usage(c, fk)
             c.execute("INSERT OR REPLACE INTO graph_commits (workspace, txn) VALUES (?, ?)", (workspace, txn))
 
     def ref_holders_many(self, kind: str, refs) -> dict[str, list[str]]:
@@ -342,3 +390,15 @@ class Manifest:
         """Which files hold a graph item (a chunk id two files share, say)."""
         with self._conn() as c:
             return [r[0] for r in c.execute("SELECT file_key FROM graph_refs WHERE kind=? AND ref=?", (kind, ref))]
+
+
+def _fold_usage(c: sqlite3.Connection, file_key: str) -> None:
+    """A deleted file's usage rows go; what they count moves to the rows of deleted files
+    (`mmrag.models.usage.DELETED`, one per model and kind), so the index's totals keep what was spent."""
+    from mmrag.models.usage import COUNTS, DELETED
+
+    cols = ",".join(COUNTS)
+    c.execute(f"INSERT INTO usage (file_key, model, kind, {cols}) SELECT ?, model, kind, {cols} FROM usage "
+              f"WHERE file_key=? ON CONFLICT(file_key, model, kind) DO UPDATE SET "
+              + ",".join(f"{f}={f}+excluded.{f}" for f in COUNTS), (DELETED, file_key))
+    c.execute("DELETE FROM usage WHERE file_key=?", (file_key,))

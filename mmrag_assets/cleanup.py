@@ -62,8 +62,17 @@ def remove_files(keys: list[str], milvus: MilvusResource, lightrag: LightRAGReso
 def remove_deleted_files(context: OpExecutionContext, config: CleanupConfig, milvus: MilvusResource,
                          lightrag: LightRAGResource, text_embedder: TextEmbedderResource, llm: LLMResource,
                          data_dir: DataDirResource) -> dict:
-    result = remove_files(config.file_keys, milvus, lightrag, text_embedder, llm, data_dir, context.log)
-    context.add_output_metadata(result)
+    from mmrag.models import usage
+    from mmrag_assets._meta import report_usage
+
+    # LightRAG rebuilds the entities a deleted file shared from their cached extractions, and may ask
+    # the model to summarise them again: counted as shared work (the files' own rows are gone)
+    with usage.metered() as meter:
+        try:
+            result = remove_files(config.file_keys, milvus, lightrag, text_embedder, llm, data_dir, context.log)
+        finally:
+            spent = report_usage(context, meter, data_dir.manifest())
+    context.add_output_metadata({**result, **spent})
     return result
 
 

@@ -4,8 +4,10 @@
 from dagster import AssetExecutionContext, asset
 
 from mmrag.index.stages import embed_stage
-from mmrag_assets._meta import files_table, outcome_counts, outcome_row
+from mmrag.models import usage
+from mmrag_assets._meta import files_table, outcome_counts, outcome_row, report_usage
 from mmrag_assets.partitions import source_files
+from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
 from mmrag_resources.llm import LLMResource
 
@@ -14,24 +16,29 @@ from mmrag_resources.llm import LLMResource
        description="Text chunks with lineage and their vectors; image vectors from CLIP.")
 def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_files: dict,
                text_embedder: TextEmbedderResource, image_embedder: ImageEmbedderResource,
-               llm: LLMResource) -> dict:
+               llm: LLMResource, data_dir: DataDirResource) -> dict:
     s = text_embedder.settings()
     text = text_embedder.embedder(llm.client())
     image = image_embedder.embedder()
     out, rows = {}, []
-    for key in context.partition_keys:
-        out[key] = emb = embed_stage(modal_descriptions[key], raw_files[key], text, image, s.chunk_size,
-                                     s.chunk_overlap, s.transcript_window_s)
-        if (row := outcome_row(key, emb)) is None:
-            n_img = 0 if emb.image_vectors is None else len(emb.image_vectors)
-            row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images" + "".join(f"; {n}" for n in emb.notes))
-        rows.append(row)
+    with usage.metered() as meter:  # served embedders' requests (a local model's use no server)
+        try:
+            for key in context.partition_keys:
+                with usage.for_file(key):
+                    out[key] = emb = embed_stage(modal_descriptions[key], raw_files[key], text, image, s.chunk_size,
+                                                 s.chunk_overlap, s.transcript_window_s)
+                if (row := outcome_row(key, emb)) is None:
+                    n_img = 0 if emb.image_vectors is None else len(emb.image_vectors)
+                    row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images" + "".join(f"; {n}" for n in emb.notes))
+                rows.append(row)
+        finally:
+            spent = report_usage(context, meter, data_dir.manifest())
     try:
         image_model = f"{image.model_name}/{image.pretrained}" if image.enabled else f"off: {image.disabled_reason}"
     except Exception as e:  # noqa: BLE001 - the embedding service is unreachable: its files failed above
         image_model = f"unknown: {type(e).__name__}: {e}"
     context.add_output_metadata({
         **outcome_counts(out), "text_model": text.model_name, "image_model": image_model,
-        "per_file": files_table(rows),
+        **spent, "per_file": files_table(rows),
     })
     return out

@@ -19,8 +19,9 @@ from dagster import AssetExecutionContext, Output, asset
 
 from mmrag.index.stages import FileOutcome, WrittenFile
 from mmrag.manifest import TRANSIENT, Status, record_outcome
+from mmrag.models import usage
 from mmrag_assets._checks import GRAPH_CHECK, evaluations, spec
-from mmrag_assets._meta import files_table, outcome_counts
+from mmrag_assets._meta import files_table, outcome_counts, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import resolved
 from mmrag_resources.data_dir import DataDirResource
@@ -69,7 +70,12 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         yield from evaluations("lightrag_graph", GRAPH_CHECK, {})
         return
     graph = lightrag.store(text_embedder.embedder(client), client, manifest)
-    for key, result in graph.index_files(batch, known_vectors=known, on_commit=statuses).items():
+    with usage.metered() as meter:  # each file's extraction and merge requests; shared work under ""
+        try:
+            results = graph.index_files(batch, known_vectors=known, on_commit=statuses)
+        finally:
+            spent = report_usage(context, meter, manifest)
+    for key, result in results.items():
         if isinstance(result, Exception):  # one file's graph failure does not stop the others
             reason = f"graph: {type(result).__name__}: {result}"
             context.log.error(f"{key}: {reason}")
@@ -93,5 +99,5 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     nodes, edges = graph.stats()
     yield Output(out, metadata={**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
                                 "mode": "llm extraction" if client else "structural (no LLM)",
-                                "per_file": files_table(rows)})
+                                **spent, "per_file": files_table(rows)})
     yield from evaluations("lightrag_graph", GRAPH_CHECK, checks)

@@ -11,7 +11,8 @@ from dagster import AssetExecutionContext, asset
 from mmrag.faults import crash_point
 from mmrag.index.describe import describe_documents
 from mmrag.index.stages import DEGRADED
-from mmrag_assets._meta import files_table, outcome_counts, outcome_row
+from mmrag.models import usage
+from mmrag_assets._meta import files_table, outcome_counts, outcome_row, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.llm import LLMResource
@@ -33,7 +34,11 @@ def modal_descriptions(context: AssetExecutionContext, parsed_blocks: dict, llm:
         else:
             todo.append((key, doc))
     # every file's requests in one pool: the run's in-flight budget is the client's concurrency
-    described = describe_documents([doc for _, doc in todo], client, cache, log=context.log)
+    with usage.metered() as meter:
+        try:
+            described = describe_documents([doc for _, doc in todo], client, cache, log=context.log)
+        finally:
+            spent = report_usage(context, meter, cache)
     for key, doc in todo:
         stats = described[doc.file_key]
         crash_point("describe")
@@ -50,6 +55,6 @@ def modal_descriptions(context: AssetExecutionContext, parsed_blocks: dict, llm:
     context.add_output_metadata({
         **outcome_counts(parsed_blocks), **totals,
         "model": client.vlm_model if client else "none (extractive)",
-        "per_file": files_table(rows),
+        **spent, "per_file": files_table(rows),
     })
     return dict(parsed_blocks)

@@ -6,7 +6,8 @@
 text, `embedder` the vectors (default `fake_embedding`: a hash of the text, without meaning),
 `latency_s` delays every POST, and faults (HTTP status, malformed JSON, a hang, a dropped connection)
 are queued with `fail_next` / `malformed_next` / `hang_next` / `drop_next` or decided per request by
-`fault_fn`. Every request is recorded; in-flight requests are counted (`max_in_flight`). Remote image
+`fault_fn`. Every request is recorded; in-flight requests are counted (`max_in_flight`); the usage of
+every reply sent is kept (`usage_sent`, summed by `usage_total`: what a client should count). Remote image
 URLs are refused, so a test notices if the client would make the server fetch one.
 """
 
@@ -40,6 +41,7 @@ class Recorded:
     json: Any
     headers: dict[str, str]
     t: float = field(default_factory=time.monotonic)
+    usage: dict | None = None  # the `usage` of the reply sent (None: no reply with usage)
 
 
 def image_parts(request_json: dict) -> list[dict]:
@@ -215,6 +217,25 @@ class FakeOpenAIServer:
     def chat_requests(self) -> list[dict]:
         return [r.json for r in self.requests if r.path == "/v1/chat/completions"]
 
+    def usage_sent(self) -> list[tuple[str, dict]]:
+        """(model, usage with "images": image parts sent) of every reply sent, in order."""
+        return [((r.json or {}).get("model", ""), r.usage) for r in self.requests if r.usage is not None]
+
+    def usage_total(self, since: int = 0) -> dict:
+        """The replies' usage summed from the `since`-th request on: requests, prompt_tokens,
+        completion_tokens, images, and the same by model ("by_model")."""
+        keys = ("requests", "prompt_tokens", "completion_tokens", "images")
+        total, by_model = dict.fromkeys(keys, 0), {}
+        for r in self.requests[since:]:
+            if r.usage is None:
+                continue
+            model = (r.json or {}).get("model", "")
+            for d in (total, by_model.setdefault(model, dict.fromkeys(keys, 0))):
+                d["requests"] += 1
+                for k in keys[1:]:
+                    d[k] += r.usage.get(k, 0)
+        return {**total, "by_model": by_model}
+
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -322,14 +343,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = rec.path.rstrip("/")
         if path == "/v1/chat/completions":
-            self._chat(rec.json)
+            self._chat(rec.json, rec)
         elif path == "/v1/embeddings":
-            self._embeddings(rec.json)
+            self._embeddings(rec.json, rec)
         else:
             self._error(404, f"Not Found: {rec.path}", "NotFoundError")
 
     # -- endpoints -------------------------------------------------------------------------------
-    def _chat(self, req: dict) -> None:
+    def _chat(self, req: dict, rec: Recorded) -> None:
         messages = req.get("messages")
         if not isinstance(messages, list) or not messages:
             self._error(400, "messages must be a non-empty list")
@@ -353,6 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         text = self.fake.responder(req)
         p_tok, c_tok = len(prompt_text(req).split()) + 1, len(text.split())
+        rec.usage = {"prompt_tokens": p_tok, "completion_tokens": c_tok, "images": len(image_parts(req))}
         message = {"role": "assistant", "content": text, "tool_calls": []}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop", "stop_reason": None}
         self._send(200, {
@@ -361,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok},
         })  # fmt: skip
 
-    def _embeddings(self, req: dict) -> None:
+    def _embeddings(self, req: dict, rec: Recorded) -> None:
         inputs = req.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -374,6 +396,8 @@ class _Handler(BaseHTTPRequestHandler):
         dim = self.fake.embedding_dim
         data = [{"object": "embedding", "index": i, "embedding": self.fake.embedder(t, dim)} for i, t in enumerate(inputs)]
         tokens = sum(len(t.split()) for t in inputs)
+        rec.usage = {"prompt_tokens": tokens, "completion_tokens": 0,
+                     "images": sum(1 for t in inputs if t.startswith("data:image/"))}
         self._send(200, {
             "id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
             "model": req.get("model"), "data": data,

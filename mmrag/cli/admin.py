@@ -74,7 +74,27 @@ def cmd_status(args) -> int:
                   + (f"  — {f['reason'][:100]}" if f["reason"] and f["status"] != Status.INDEXED else ""))
         if s["stale"] or s["deleted"]:
             print(f"  stale: {', '.join(s['stale']) or '-'}; deleted: {', '.join(s['deleted']) or '-'}")
+    if out["usage"]["requests"] or out["usage"]["cache_hits"]:
+        print(_usage_line(out["usage"]))
     return 0
+
+
+def _usage_line(u: dict) -> str:
+    """`mmrag status`'s model usage: totals, per model, the cost under MMRAG_PRICES."""
+    lines = [f"model usage: {u['requests']} requests, {u['prompt_tokens']} prompt + {u['completion_tokens']} "
+             f"completion tokens, {u['images']} images; {u['cache_hits']} cache hits "
+             f"(saved {u['saved_prompt_tokens'] + u['saved_completion_tokens']} tokens)"]
+    cost = u.get("cost") or {}
+    for model, m in u["by_model"].items():
+        usd = f", ${cost['by_model'][model]:.4f}" if model in cost.get("by_model", {}) else ""
+        lines.append(f"  {model or '(unnamed)'}: {m['requests']} requests, {m['prompt_tokens']} + "
+                     f"{m['completion_tokens']} tokens, {m['images']} images, {m['cache_hits']} cache hits{usd}")
+    if cost:
+        lines.append(f"  cost: ${cost['usd']:.4f} (cache hits saved ${cost['saved_usd']:.4f})"
+                     + (f"; unpriced: {', '.join(cost['unpriced'])}" if cost["unpriced"] else ""))
+    if u.get("cost_error"):
+        lines.append(f"  no cost: {u['cost_error']}")
+    return "\n".join(lines)
 
 
 def _status_word(f: dict) -> str:

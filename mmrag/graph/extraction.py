@@ -13,6 +13,7 @@ from mmrag.graph.lightrag_adapter import chunk_text, lr_doc_id
 from mmrag.graph.units import attribute_entity, attribute_relation, plan_units
 from mmrag.ids import bounded_name
 from mmrag.index.chunking import Chunk
+from mmrag.models import usage
 from mmrag.models.tokenizer import TOKENIZER
 
 _EXTRACTION_MARK, _TUPLE_DELIM = "<|COMPLETE|>", "<|#|>"
@@ -141,12 +142,13 @@ class Extractor:
         from lightrag.operate import extract_entities
         cfg = asdict(rag)
 
-        async def one(fk: str, chunks: list[Chunk]) -> None:
+        async def one(fk: str, chunks: list[Chunk]) -> None:  # a task of its own: its usage scope is its own
             items = [(c, t) for c in chunks if (t := chunk_text(c.text))]
             units, _ = self._units_of(self._lightrag_chunks(fk, items))
             if units:
-                await extract_entities(units, global_config=cfg, llm_response_cache=cache,
-                                       text_chunks_storage=_CacheKeySink())
+                with usage.for_file(fk):
+                    await extract_entities(units, global_config=cfg, llm_response_cache=_CountedCache(cache, self.llm),
+                                           text_chunks_storage=_CacheKeySink())
 
         outcomes = await asyncio.gather(*(one(fk, chunks) for fk, _, chunks in batch), return_exceptions=True)
         return {fk: e for (fk, _, _), e in zip(batch, outcomes) if isinstance(e, BaseException)}
@@ -196,6 +198,30 @@ class _AheadCache:
 
     async def upsert(self, data: dict[str, dict]) -> None:
         self.entries.update(data)
+
+
+class _CountedCache:
+    """LightRAG's LLM cache as one file's extraction requests read it: an extraction found there is
+    counted as a cache hit of the file (`mmrag.models.usage`). LightRAG reads a key again before it
+    writes a fresh reply: a key this reader missed before is no hit."""
+
+    def __init__(self, cache, llm):
+        self._cache, self.global_config = cache, cache.global_config
+        self._model, self._missed = getattr(llm, "model", ""), set()
+
+    async def get_by_id(self, key: str) -> dict | None:
+        entry = await self._cache.get_by_id(key)
+        if not entry:
+            self._missed.add(key)
+        elif key not in self._missed and ":extract:" in key:
+            usage.cache_hit(self._model, "chat")
+        return entry
+
+    async def upsert(self, data: dict[str, dict]) -> None:
+        await self._cache.upsert(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._cache, name)
 
 
 class _CacheKeySink:

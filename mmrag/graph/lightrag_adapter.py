@@ -149,13 +149,49 @@ async def open_lightrag(working_dir: Path, workspace: str, *, embed_dim: int, em
         working_dir=str(working_dir), workspace=workspace, kv_storage="JsonKVStorage",
         vector_storage="MilvusVectorDBStorage", graph_storage="NetworkXStorage",
         doc_status_storage="JsonDocStatusStorage", tokenizer=Tokenizer("mmrag-word", SharedTokenizer()),
-        embedding_func=EmbeddingFunc(embedding_dim=embed_dim, func=lambda t, **kw: embed(t)),
-        llm_model_func=complete, chunking_func=chunking,
+        embedding_func=EmbeddingFunc(embedding_dim=embed_dim, func=_in_callers_scope(lambda t, **kw: embed(t))),
+        llm_model_func=_in_callers_scope(complete), chunking_func=chunking,
         **{"vector_db_storage_cls_kwargs": {"cosine_better_than_threshold": 0.2}, "embedding_batch_num": 32, **extra})
+    carry_usage(rag)
     await rag.initialize_storages()
     await initialize_pipeline_status(workspace=workspace)  # idempotent (1.4.16 does it above too)
     rag._process_extract_entities = extract  # the instance's own step, over our extraction units
     return rag
+
+
+_USAGE_KW = "_mmrag_usage"
+
+
+def _in_callers_scope(fn: Callable) -> Callable:
+    """LightRAG's model (or embedding) function, counting its requests in the usage scope of the
+    task that asked (`carry_usage`), not in that of LightRAG's worker task that runs it."""
+    from mmrag.models import usage
+
+    async def run(*a, **kw):
+        with usage.within(kw.pop(_USAGE_KW, None)):
+            return await fn(*a, **kw)
+
+    return run
+
+
+def carry_usage(rag) -> None:
+    """LightRAG queues its model and embedding calls to worker tasks started by the first caller
+    (`priority_limit_async_func_call`): context variables do not follow a call through the queue, so
+    every request would count for that first caller's file or query. The queued functions here take
+    the caller's usage scope along (`mmrag.models.usage.capture`), which `_in_callers_scope` restores."""
+    from mmrag.models import usage
+
+    queued_llm, emb = rag.llm_model_func, rag.embedding_func
+    queued_emb = emb.func
+
+    async def llm(*a, **kw):
+        return await queued_llm(*a, **{_USAGE_KW: usage.capture(), **kw})
+
+    async def embed(*a, **kw):
+        return await queued_emb(*a, **{_USAGE_KW: usage.capture(), **kw})
+
+    rag.llm_model_func = llm
+    emb.func = embed  # the EmbeddingFunc its storages hold
 
 
 def default_chunking(tokenizer, content, split_by, split_only, overlap, size):

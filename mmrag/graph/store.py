@@ -51,6 +51,7 @@ from mmrag.graph.vectors import SessionEmbeddings, VectorJournal, reconcile
 from mmrag.ids import bounded_name, xml_safe
 from mmrag.index.chunking import Chunk
 from mmrag.manifest import Manifest
+from mmrag.models import usage
 from mmrag.models.tokenizer import TOKENIZER
 
 __all__ = ["MODES", "GraphSessionError", "GraphStore", "chunk_id", "chunk_text", "lr_doc_id"]
@@ -218,7 +219,8 @@ class GraphStore:
             self.extractor.start_ahead(rag, after)
             for fk, doc, chunks in batch:
                 try:
-                    results[fk] = await self._aindex_one(fk, doc, chunks)
+                    with usage.for_file(fk):  # LightRAG's merge requests (summaries) are the file's
+                        results[fk] = await self._aindex_one(fk, doc, chunks)
                 except GraphSessionError:
                     raise
                 except Exception as e:  # one file's failure must not stop the others

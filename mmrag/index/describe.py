@@ -31,6 +31,7 @@ import json_repair
 from mmrag.blocks import Block, BlockKind, ParsedDocument
 from mmrag.config import PROMPT_VERSION
 from mmrag.manifest import Manifest
+from mmrag.models import usage
 from mmrag.models.llm import LLMClient, LLMError, unreadable
 
 CACHE_NAMESPACE = "describe"
@@ -303,6 +304,7 @@ def describe_documents(
             if hit and hit.get("description"):
                 _apply(block, hit["description"], hit.get("source") or "llm", hit.get("entity"))
                 st.cache_hits += 1
+                _saved(doc.file_key, req.model, hit.get("usage"))
                 continue
             pending.setdefault(key, []).append((doc, block, context, req))
 
@@ -314,6 +316,15 @@ def describe_documents(
         log.info(f"described {doc.file_key}: {st.blocks} modal blocks, {st.llm_calls} model calls, "
                  f"{st.cache_hits} cached, {st.extractive} extractive, {len(st.errors)} errors")
     return stats
+
+
+def _saved(file_key: str, model: str, cost: dict | None) -> None:
+    """A description the cache (or another file's request in this run) gave `file_key`: a cache hit,
+    with the tokens its request had used (entries written before usage was counted do not say)."""
+    cost = cost or {}
+    with usage.for_file(file_key):
+        usage.cache_hit(model, "chat", prompt_tokens=cost.get("prompt_tokens", 0),
+                        completion_tokens=cost.get("completion_tokens", 0))
 
 
 def _run_model_calls(pending: dict[str, list[tuple[ParsedDocument, Block, str, _Request]]], llm: LLMClient,
@@ -339,10 +350,12 @@ def _run_model_calls(pending: dict[str, list[tuple[ParsedDocument, Block, str, _
         with lock:
             stats[doc.file_key].llm_calls += 1
         try:
-            if req.image is not None:
-                reply = llm.describe_image(req.prompt, req.image, system=req.system)
-            else:
-                reply = llm.complete(req.prompt, system=req.system)
+            # the request is the first holder's (its usage counts to that file), the others' are cache hits
+            with usage.for_file(doc.file_key), usage.metered() as spent:
+                if req.image is not None:
+                    reply = llm.describe_image(req.prompt, req.image, system=req.system)
+                else:
+                    reply = llm.complete(req.prompt, system=req.system)
             if unreadable(reply):  # garbage from the server: never cached, never indexed
                 raise LLMError(f"{req.model} returned unreadable text: {reply[:60]!r}", retryable=True)
             description, entity = parse_reply(reply)
@@ -356,14 +369,17 @@ def _run_model_calls(pending: dict[str, list[tuple[ParsedDocument, Block, str, _
             return
         breaker.record(None)
         source = "vlm" if req.image is not None else "llm"
+        total = spent.total()
+        cost = {"prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens}
         for i, (d, b, _, _) in enumerate(items):
             _apply(b, description, source, entity)
             if i:
                 with lock:
                     stats[d.file_key].cache_hits += 1
+                _saved(d.file_key, req.model, cost)
         cache.cache_put(CACHE_NAMESPACE, key, {"description": description, "entity": entity, "source": source,
-                                               "model": req.model})
+                                               "model": req.model, "usage": cost})
 
     workers = max(1, min(llm.concurrency, len(pending)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="describe") as pool:
-        list(pool.map(run, list(pending)))
+        list(pool.map(usage.in_context(run), list(pending)))  # the caller's usage meters, in the pool's threads

@@ -64,6 +64,11 @@ class TextEmbedder:
         self._dim: int | None = None
         self.seconds = 0.0  # model compute time, for the benchmark's compute/orchestration split
 
+    @property
+    def served(self) -> bool:
+        """Whether a server computes the vectors (`remote_embed`): its usage is counted (`mmrag.models.usage`)."""
+        return self._remote is not None
+
     def _load(self):
         if self._model is None and self.backend == "sentence-transformers":
             self._model = _load_sentence_transformer(_resolve_text_model(self.model_name), self.device)

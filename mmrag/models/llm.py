@@ -6,6 +6,8 @@ through one concurrency limit shared by threads and asyncio tasks, and is retrie
 backoff on transient faults only: connection errors, timeouts, 429, 5xx and unreadable replies.
 Any other 4xx fails at once. When retries run out the caller gets `LLMError` with the server's
 message. Only the configured server is contacted: images are read from local files and sent inline.
+Every reply's usage (tokens, images, latency, model) goes to the meters of the calling context
+(`mmrag.models.usage`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import mimetypes
 import random
 import re
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from mmrag.models import usage
 from mmrag.redact import scrub
 
 # Generation parameters forwarded from `chat(**kw)` / `acomplete(**kwargs)`; anything else (LightRAG's
@@ -136,6 +140,24 @@ def image_data_url(path: str | Path) -> str:
         except Exception as e:  # noqa: BLE001 - any decoder failure means "cannot send this"
             raise LLMError(f"cannot encode image {p.name} ({mime}): {e}") from e
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _count_images(messages: Sequence[dict]) -> int:
+    """The image_url parts of chat messages."""
+    n = 0
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            n += sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+    return n
+
+
+def _note(model: str, kind: str, resp: Any, images: int, t0: float) -> None:
+    """A reply came: its usage goes to the meters of the calling context (`mmrag.models.usage`), also
+    when the reply is then refused (unreadable, no text): the server did the work."""
+    prompt, completion = usage.reply_usage(resp)
+    usage.record(model, kind, prompt_tokens=prompt, completion_tokens=completion, images=images,
+                 latency_ms=(time.perf_counter() - t0) * 1000)
 
 
 class LLMClient:
@@ -250,8 +272,12 @@ class LLMClient:
         if isinstance(rf, dict):  # LightRAG may pass a pydantic class; only plain dicts are sent
             params["response_format"] = rf
 
+        images = _count_images(messages)
+
         def send() -> str:
+            t0 = time.perf_counter()
             resp = self._client.chat.completions.create(model=model, messages=list(messages), **params)
+            _note(model, "chat", resp, images, t0)
             choices = getattr(resp, "choices", None)
             if not isinstance(choices, list) or not choices:
                 raise _BadReply(f"reply has no choices: {str(resp)[:200]!r}")
@@ -300,7 +326,9 @@ class LLMClient:
             batch = texts[start : start + batch_size]
 
             def send(batch: list[str] = batch) -> list[list[float]]:
+                t0 = time.perf_counter()
                 resp = self._client.embeddings.create(model=model, input=batch, encoding_format=encoding)
+                _note(model, "embed", resp, sum(1 for t in batch if t.startswith("data:image/")), t0)
                 data = getattr(resp, "data", None)
                 if not isinstance(data, list) or len(data) != len(batch):
                     raise _BadReply(f"expected {len(batch)} embeddings, got {str(data)[:200]!r}")

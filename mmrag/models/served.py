@@ -29,6 +29,8 @@ class ServedImageEmbedder:
     """CLIP on the service (model `<open_clip model>/<pretrained>`): `enabled`, `disabled_reason`,
     `dim` and `random_weights` as the service reports them; pictures go as data URIs."""
 
+    served = True  # its usage is counted (`mmrag.models.usage`)
+
     def __init__(self, client: LLMClient, model_name: str, pretrained: str, batch_size: int = 16):
         self.client, self.model_name, self.pretrained = client, model_name, pretrained
         self.model = f"{model_name}/{pretrained}"

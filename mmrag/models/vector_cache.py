@@ -75,7 +75,21 @@ class _Cached:
         vecs, computed = self.cache.through(self.space, keys, items, compute)
         self.misses += computed
         self.hits += len(items) - computed
+        if self.served and len(items) > computed:  # texts a server was not asked to embed
+            from mmrag.models import usage
+
+            usage.cache_hit(self.model, "embed", len(items) - computed)
         return vecs
+
+    @property
+    def served(self) -> bool:
+        """Whether the inner embedder asks a server (a hit here saves a request's worth of usage)."""
+        return bool(getattr(self.inner, "served", False))
+
+    @property
+    def model(self) -> str:
+        """The model name the server is asked for."""
+        return str(getattr(self.inner, "model", None) or getattr(self.inner, "model_name", ""))
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)

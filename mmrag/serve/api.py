@@ -224,14 +224,15 @@ def create_app(settings: Settings | None = None, api_key: str | None = None, war
                                                  files=body.files, modalities=body.modalities, answer=True,
                                                  images=body.images, scope=scope))
         content = out["answer"] if out["answer_status"] != "no_llm" else _context_reply(out["hits"])
-        extra = {"answer_status": out["answer_status"], "citations": out["citations"], "hits": out["hits"]}
+        extra = {"answer_status": out["answer_status"], "citations": out["citations"], "hits": out["hits"],
+                 "usage": out["usage"]}
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
             return StreamingResponse(_sse(cid, created, content, extra), media_type="text/event-stream")
         return {"id": cid, "object": "chat.completion", "created": created, "model": "mmrag",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "mmrag": extra}
+                "usage": out["usage"], "mmrag": extra}
 
     if warm:
         threading.Thread(target=_warm, args=(service,), name="mmrag-warm-up", daemon=True).start()

@@ -47,13 +47,14 @@ class Turn:
     mode: str
     answer: Any = None  # mmrag.retrieval.answer.Answer, or None when no answer was asked for
     timings_ms: dict = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)  # the model requests of this question (mmrag.models.usage.summary)
 
     def to_json(self) -> dict:
         """The object `mmrag query --json` prints (and `POST /v1/query` returns)."""
         a = self.answer
         return {"hits": self.hits, "answer": a.text if a else None, "citations": a.citations if a else [],
                 "answer_status": a.status if a else None, "model": a.model if a else None,
-                "mode": self.mode, "graph_context": self.graph_context}
+                "mode": self.mode, "graph_context": self.graph_context, "usage": self.usage}
 
 
 class QueryService:
@@ -96,17 +97,27 @@ class QueryService:
             modalities=None, answer: bool = False, images: bool = True, scope: Scope = OPEN) -> Turn:
         """Check the request, retrieve, and answer when asked. `scope`: the sources the caller may
         read (`Forbidden` for a source or file outside it; no source named = every source in it)."""
+        from mmrag.models import usage
         from mmrag.retrieval.answer import answer as write_answer
         from mmrag.retrieval.query import retrieve
 
         check_request(question, top_k, mode, modalities)
         sources = scope.sources_for(sources, files)
-        res = retrieve(self.settings, question, top_k=top_k, mode=mode, sources=sources or None,
-                       files=files or None, modalities=modalities or None, with_images=images,
-                       text_embedder=self.text_embedder(), image_embedder=self.image_embedder() if images else None,
-                       store=self.store(), graph=self.graph() if mode != "naive" else None)
-        ans = write_answer(question, res["hits"], self.llm(), graph_context=res["graph_context"]) if answer else None
-        return Turn(res["hits"], res["graph_context"], mode, ans, res.get("timings_ms", {}))
+        with usage.metered() as meter:  # the question's embedding, LightRAG's keywords, the answer
+            res = retrieve(self.settings, question, top_k=top_k, mode=mode, sources=sources or None,
+                           files=files or None, modalities=modalities or None, with_images=images,
+                           text_embedder=self.text_embedder(), image_embedder=self.image_embedder() if images else None,
+                           store=self.store(), graph=self.graph() if mode != "naive" else None)
+            ans = write_answer(question, res["hits"], self.llm(), graph_context=res["graph_context"]) if answer else None
+        return Turn(res["hits"], res["graph_context"], mode, ans, res.get("timings_ms", {}),
+                    usage.summary(meter.snapshot(), self.prices()))
+
+    def prices(self):
+        """MMRAG_PRICES, or None when it is unset or unreadable (a query never fails for it)."""
+        try:
+            return self.settings.prices() or None
+        except ValueError:
+            return None
 
     def query(self, question: str, **kw) -> dict:
         """The object `mmrag query --json` prints: `ask` as JSON."""
@@ -114,29 +125,60 @@ class QueryService:
 
 
 def status_json(settings: Settings, scope: Scope = OPEN) -> dict:
-    """The object `mmrag status --json` prints: per source its files, rows, stale and deleted files;
-    only the sources `scope` may read."""
+    """The object `mmrag status --json` prints: per source its files, rows, stale and deleted files
+    and model usage; only the sources `scope` may read. `usage`: the totals (OpenAI-style, with
+    `cost` under MMRAG_PRICES); a key that reads every source also sees the work no one file did
+    and what deleted files had cost (`mmrag.models.usage.SHARED`, `DELETED`)."""
     from mmrag.manifest import RETRIED, Manifest
+    from mmrag.models.usage import summary
     from mmrag.sources.sync import plan_sync, scan_root
 
     manifest = Manifest(settings.state_path)
     fp = settings.fingerprint()
+    try:
+        prices = settings.prices() or None
+        price_error = None
+    except ValueError as e:
+        prices, price_error = None, str(e)
     sources = {}
+    seen: dict = {}
     for name, root in manifest.sources().items():
         if not scope.allows(name):
             continue
         recs = manifest.all(name)
         scan = scan_root(root, name)
         plan = plan_sync(scan, {r.file_key: r for r in recs}, {r.file_key for r in recs}, fingerprint=fp)
+        spent = manifest.usage(sources=[name])
+        seen.update(spent)
+        per_file: dict = {}
+        for k, u in spent.items():
+            per_file.setdefault(k[0], {})[k] = u
         sources[name] = {
             "root": root, "root_error": scan.error,
             "files": [{"path": r.rel_path, "status": r.status, "reason": r.reason, "text_rows": r.text_rows,
                        "image_rows": r.image_rows, "parser": r.parser,
                        # failed/partial: "content" waits for new bytes or config, "transient" is retried
                        "failure_kind": r.failure_kind if r.status in RETRIED else None,
-                       "attempts": r.attempts, "retry_at": r.retry_at} for r in recs],
+                       "attempts": r.attempts, "retry_at": r.retry_at,
+                       "usage": _file_usage(per_file.get(r.file_key))} for r in recs],
             "text_rows": sum(r.text_rows for r in recs), "image_rows": sum(r.image_rows for r in recs),
             "stale": sorted(k.partition(":")[2] for k in plan.changed + plan.stale + plan.new),
             "deleted": sorted(k.partition(":")[2] for k in plan.deleted),
+            "usage": summary(spent, prices),
         }
-    return {"fingerprint": fp, "sources": sources}
+    everything = manifest.usage() if scope.everything else seen
+    out = {"fingerprint": fp, "sources": sources, "usage": summary(everything, prices)}
+    if price_error:
+        out["usage"]["cost_error"] = price_error
+    return out
+
+
+def _file_usage(rows: dict | None) -> dict | None:
+    """A file's usage in `mmrag status --json`: its sums over models (None: no request was made for it)."""
+    if not rows:
+        return None
+    from mmrag.models.usage import sum_usage
+
+    u = sum_usage(rows.values())
+    return {"requests": u.requests, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "images": u.images, "cache_hits": u.cache_hits}
