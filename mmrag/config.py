@@ -101,6 +101,7 @@ class Settings:
     # Transient failures (model server down, timeouts; descriptions that fell back to extractive) are
     # retried by later syncs after retry_backoff_s, doubling per attempt up to retry_backoff_max_s.
     retry_backoff_s: float = 300.0
+    run_retention_days: float = 7.0  # Dagster runs older than this whose materializations are superseded go
     retry_backoff_max_s: float = 6 * 3600.0
     slot_wait_s: float = 3600.0  # how long an ingest waits for a Dagster pool slot held by a live run
     # model prices (mmrag.models.usage.Prices): JSON inline or a JSON file's path, {"model": {"prompt":
@@ -158,6 +159,7 @@ class Settings:
             chunk_size=_int(env, "MMRAG_CHUNK_SIZE", d.chunk_size),
             chunk_overlap=_int(env, "MMRAG_CHUNK_OVERLAP", d.chunk_overlap),
             retry_backoff_s=float(env.get("MMRAG_RETRY_BACKOFF_S") or d.retry_backoff_s),
+            run_retention_days=float(env.get("MMRAG_RUN_RETENTION_DAYS") or d.run_retention_days),
             retry_backoff_max_s=float(env.get("MMRAG_RETRY_BACKOFF_MAX_S") or d.retry_backoff_max_s),
             slot_wait_s=float(env.get("MMRAG_SLOT_WAIT_S") or d.slot_wait_s),
             parse_service=(env.get("MMRAG_PARSE_SERVICE") or "on").lower() not in ("0", "false", "no", "off"),

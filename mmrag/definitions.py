@@ -11,6 +11,7 @@ from mmrag.orchestration.runs import patch_claim_polling
 from mmrag_assets.cleanup import cleanup_job
 from mmrag_assets.index_audit import audit_job, audit_schedule, index_audit
 from mmrag_assets.jobs import ASSETS, eval_job, ingest_job
+from mmrag_assets.maintenance import maintenance_job
 from mmrag_assets.retrieval_eval import retrieval_eval
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
@@ -20,6 +21,7 @@ from mmrag_resources.milvus import MilvusResource
 from mmrag_resources.parsers import ParserResource
 from mmrag_resources.stage_store import StageStore
 from mmrag_resources.whisper import WhisperResource
+from schedules.maintenance import maintenance_schedule
 from schedules.reindex import reindex_schedule
 from schedules.sensors import watch_folders
 
@@ -42,8 +44,8 @@ def default_resources() -> dict:
 
 defs = Definitions(
     assets=[*ASSETS, retrieval_eval, index_audit],
-    jobs=[ingest_job, cleanup_job, eval_job, audit_job],
+    jobs=[ingest_job, cleanup_job, eval_job, audit_job, maintenance_job],
     sensors=[watch_folders],
-    schedules=[reindex_schedule, audit_schedule],
+    schedules=[reindex_schedule, audit_schedule, maintenance_schedule],
     resources=default_resources(),
 )

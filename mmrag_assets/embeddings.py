@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, asset
 
 from mmrag.index.stages import embed_stage
 from mmrag.models import usage
-from mmrag_assets._meta import files_table, outcome_counts, outcome_row, report_usage
+from mmrag_assets._meta import outcome_counts, outcome_row, per_file, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
@@ -39,6 +39,6 @@ def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_fil
         image_model = f"unknown: {type(e).__name__}: {e}"
     context.add_output_metadata({
         **outcome_counts(out), "text_model": text.model_name, "image_model": image_model,
-        **spent, "per_file": files_table(rows),
+        **spent, **per_file(context, rows),
     })
     return out

@@ -21,7 +21,7 @@ from mmrag.index.stages import FileOutcome, WrittenFile
 from mmrag.manifest import TRANSIENT, Status, record_outcome
 from mmrag.models import usage
 from mmrag_assets._checks import GRAPH_CHECK, evaluations, spec
-from mmrag_assets._meta import files_table, outcome_counts, report_usage
+from mmrag_assets._meta import outcome_counts, per_file, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import resolved
 from mmrag_resources.data_dir import DataDirResource
@@ -66,7 +66,7 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         return fields
 
     if not batch:  # nothing for the graph: LightRAG is not opened (nor the embedder asked)
-        yield Output(out, metadata={**outcome_counts(embeddings), "per_file": files_table(rows)})
+        yield Output(out, metadata={**outcome_counts(embeddings), **per_file(context, rows)})
         yield from evaluations("lightrag_graph", GRAPH_CHECK, {})
         return
     graph = lightrag.store(text_embedder.embedder(client), client, manifest)
@@ -99,5 +99,5 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     nodes, edges = graph.stats()
     yield Output(out, metadata={**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
                                 "mode": "llm extraction" if client else "structural (no LLM)",
-                                **spent, "per_file": files_table(rows)})
+                                **spent, **per_file(context, rows)})
     yield from evaluations("lightrag_graph", GRAPH_CHECK, checks)

@@ -22,7 +22,7 @@ from mmrag.index.milvus_store import IMAGE, TEXT
 from mmrag.index.stages import DEGRADED, FileOutcome, WrittenFile, milvus_rows
 from mmrag.manifest import TRANSIENT, FileRecord, Status, record_outcome
 from mmrag_assets._checks import MILVUS_CHECK, evaluations, spec
-from mmrag_assets._meta import files_table, outcome_counts
+from mmrag_assets._meta import outcome_counts, per_file
 from mmrag_assets.partitions import source_files
 from mmrag_resources._settings import pipeline_settings
 from mmrag_resources.data_dir import DataDirResource
@@ -103,7 +103,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
     uri = milvus.settings().resolved_milvus_uri
     yield Output(out, metadata={
         **outcome_counts(embeddings), "uri": uri if not milvus.is_lite else f"Milvus Lite: {uri}",
-        "fingerprint": fingerprint, "per_file": files_table(rows),
+        "fingerprint": fingerprint, **per_file(context, rows),
     })
     yield from evaluations("milvus_partitions", MILVUS_CHECK, checks)
 

@@ -12,7 +12,7 @@ from mmrag.faults import crash_point
 from mmrag.index.describe import describe_documents
 from mmrag.index.stages import DEGRADED
 from mmrag.models import usage
-from mmrag_assets._meta import files_table, outcome_counts, outcome_row, report_usage
+from mmrag_assets._meta import outcome_counts, outcome_row, per_file, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.llm import LLMResource
@@ -55,6 +55,6 @@ def modal_descriptions(context: AssetExecutionContext, parsed_blocks: dict, llm:
     context.add_output_metadata({
         **outcome_counts(parsed_blocks), **totals,
         "model": client.vlm_model if client else "none (extractive)",
-        **spent, "per_file": files_table(rows),
+        **spent, **per_file(context, rows),
     })
     return dict(parsed_blocks)

@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, asset
 
 from mmrag.faults import crash_point
 from mmrag.index.stages import FileOutcome, parse_stage
-from mmrag_assets._meta import files_table, outcome_counts, outcome_row
+from mmrag_assets._meta import outcome_counts, outcome_row, per_file
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 from mmrag_resources.embedders import ImageEmbedderResource, TextEmbedderResource
@@ -45,7 +45,7 @@ def parsed_blocks(context: AssetExecutionContext, raw_files: dict, parsers: Pars
             else:
                 context.log.warning(f"{key}: {row[1]}: {row[2]}")
             rows.append(row)
-    context.add_output_metadata({**outcome_counts(out), "per_file": files_table(rows)})
+    context.add_output_metadata({**outcome_counts(out), **per_file(context, rows)})
     return out
 
 

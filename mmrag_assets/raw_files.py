@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, asset
 from mmrag.ids import split_file_key
 from mmrag.index.stages import FileOutcome, RawFile, snapshot_file
 from mmrag.manifest import Status
-from mmrag_assets._meta import files_table, outcome_counts, outcome_row
+from mmrag_assets._meta import outcome_counts, outcome_row, per_file
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
 
@@ -27,5 +27,5 @@ def raw_files(context: AssetExecutionContext, data_dir: DataDirResource) -> dict
             out[key] = snapshot_file(key, source, roots[source], rel, blobs)
         v = out[key]
         rows.append(outcome_row(key, v) or (key, v.detected.kind, f"{v.size} B sha256 {v.content_hash[:12]} {v.detected.note}"))
-    context.add_output_metadata({**outcome_counts(out), "per_file": files_table(rows)})
+    context.add_output_metadata({**outcome_counts(out), **per_file(context, rows)})
     return out

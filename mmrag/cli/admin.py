@@ -48,12 +48,22 @@ def cmd_eval(args) -> int:
 def cmd_gc(args) -> int:
     from mmrag.index.gc import collect_garbage
 
-    res = collect_garbage(Settings.from_env(), grace_s=args.grace_s, dry_run=args.dry_run)
+    settings = Settings.from_env()
+    res = collect_garbage(settings, grace_s=args.grace_s, dry_run=args.dry_run)
+    if args.runs:
+        from mmrag.orchestration.instance import dagster_instance
+        from mmrag.orchestration.retention import purge_runs
+
+        with dagster_instance(settings) as instance:
+            res["runs"] = (purge_runs(instance, settings.run_retention_days * 86400, dry_run=args.dry_run)
+                           if settings.run_retention_days > 0 else {"purged": 0, "note": "MMRAG_RUN_RETENTION_DAYS=0"})
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         verb = "would remove" if args.dry_run else "removed"
         print(f"blobs: {verb} {res['removed']} ({res['freed_bytes'] / 1e6:.1f} MB), kept {res['kept']}")
+        if "runs" in res:
+            print(f"runs: {verb} {res['runs']['purged']} superseded of {res['runs'].get('examined', 0)} old enough")
     return 0
 
 

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--dry-run", action="store_true", help="count only")
     pg.add_argument("--grace-s", type=float, default=3600.0,
                     help="keep blobs written or reused this recently (a run in flight holds some; default 1 h)")
+    pg.add_argument("--runs", action="store_true", help="also delete Dagster runs older than MMRAG_RUN_RETENTION_DAYS "
+                    "whose materializations are all superseded")
     pg.add_argument("--json", action="store_true")
     pa = sub.add_parser("api", help="the query API over HTTP (POST /v1/query, /v1/chat/completions, GET /v1/status)")
     pa.add_argument("--host", default="127.0.0.1", help="a non-loopback address needs MMRAG_API_KEY")
