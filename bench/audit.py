@@ -7,6 +7,9 @@ then `mmrag check --json` runs R times (wall time of the command, and its own ti
 the Dagster home, the Milvus Lite dir, LightRAG, the blobs, the stage outputs and the manifest, per file.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/audit.py [--files 2700] [--repeat 2] [--json]
+
+Also: what the per-file asset checks took in the ingest runs (their `check_seconds` metadata), and
+what one more file ingested alone (a one-file run, as the sensor usually makes) adds to the instance.
 """
 
 from __future__ import annotations
@@ -30,6 +33,23 @@ def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _check_seconds(dagster_home: Path) -> dict:
+    """What the per-file asset checks took in the ingest runs (each run's `check_seconds`, summed)."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    out = {}
+    with DagsterInstance.get() as instance:
+        for asset in ("milvus_partitions", "lightrag_graph"):
+            per_run = {}
+            for r in instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=100_000).records:
+                meta = r.asset_materialization.metadata
+                if "check_seconds" in meta:
+                    per_run[r.run_id] = meta["check_seconds"].value
+            out[asset] = {"runs": len(per_run), "seconds": round(sum(per_run.values()), 2)}
+    return out
 
 
 def main() -> None:
@@ -58,6 +78,7 @@ def main() -> None:
         if ing.returncode != 0:
             sys.exit(f"ingest failed ({ing.returncode}): {ing.stderr[-2000:]}")
         indexed = json.loads(ing.stdout)["indexed"]
+        checks = _check_seconds(dhome)
         walls, parts = [], []
         for _ in range(a.repeat):
             t = time.perf_counter()
@@ -67,11 +88,23 @@ def main() -> None:
             if not res["before"]["clean"]:
                 sys.exit(f"the fresh index does not check clean: {res['before']['summary']}")
             parts.append(res["before"]["seconds"])
+        # The sensor's usual: one new file, one run. What does the instance grow by per such run?
+        before, singles = _size(dhome), 5
+        for i in range(singles):
+            (root / "new").mkdir(exist_ok=True)
+            (root / "new" / f"n{i}.md").write_text(f"# New note {i}\n\nA late note about {i} shovelers.\n")
+            one = subprocess.run([*MMRAG, "ingest", str(root), "--source", "notes", "--json"], env=env,
+                                 capture_output=True, text=True, cwd=REPO)
+            if one.returncode != 0:
+                sys.exit(f"one-file ingest failed: {one.stderr[-2000:]}")
+        one_file_run_kb = round((_size(dhome) - before) / singles / 1e3, 1)
+        indexed += singles
         sizes = {"dagster instance": _size(dhome), "milvus": _size(home / "milvus.db") + _size(home / "milvus"),
                  "lightrag": _size(home / "lightrag"), "blobs": _size(home / "blobs"),
                  "stage outputs": _size(home / "stages"), "manifest": _size(home / "state.sqlite"),
                  "whole MMRAG_HOME": _size(home)}
-        out = {"files": a.files, "indexed": indexed, "ingest_s": round(ingest_s, 1),
+        out = {"files": a.files, "indexed": indexed, "ingest_s": round(ingest_s, 1), "asset_checks_s": checks,
+               "instance_kb_per_one_file_run": one_file_run_kb,
                "check_wall_s": [round(w, 2) for w in walls], "check_wall_s_median": round(statistics.median(walls), 2),
                "check_parts_s": parts[-1],
                "bytes_per_file": {k: round(v / max(indexed, 1)) for k, v in sizes.items()},
@@ -80,6 +113,8 @@ def main() -> None:
             print(json.dumps(out, indent=2))
         else:
             print(f"{indexed} files indexed in {out['ingest_s']} s")
+            print(f"asset checks in the ingest runs: {checks}")
+            print(f"a one-file run (the sensor's usual) adds {one_file_run_kb} KB to the instance")
             print(f"mmrag check: {out['check_wall_s_median']} s wall (median of {a.repeat}); parts {out['check_parts_s']}")
             for k, v in sizes.items():
                 print(f"  {k:18s} {v / 1e6:8.1f} MB  {v / max(indexed, 1) / 1e3:8.1f} KB per file")

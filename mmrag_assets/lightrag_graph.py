@@ -84,7 +84,7 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
         else:
             out[key] = {"status": Status.INDEXED, **result}
             rows.append((key, Status.INDEXED, ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("nodes", "edges"))))
-    committed = [k for k, v in out.items() if v.get("status") == Status.INDEXED]
+    committed, t_check = [k for k, v in out.items() if v.get("status") == Status.INDEXED], time.perf_counter()
     unresolved = graph.unresolved_refs(committed)
     checks = {}
     for key in committed:
@@ -99,5 +99,6 @@ def lightrag_graph(context: AssetExecutionContext, embeddings: dict, milvus_part
     nodes, edges = graph.stats()
     yield Output(out, metadata={**outcome_counts(embeddings), "graph_nodes": nodes, "graph_edges": edges,
                                 "mode": "llm extraction" if client else "structural (no LLM)",
+                                "check_seconds": round(time.perf_counter() - t_check, 3),
                                 **spent, **per_file(context, rows)})
     yield from evaluations("lightrag_graph", GRAPH_CHECK, checks)

@@ -90,7 +90,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
                                          f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
     if store is not None:
         store.flush()
-    checks = {}
+    checks, t_check = {}, time.perf_counter()
     for key, (want_text, want_image, rec) in expected.items():
         passed, why = rows_match(store, key, want_text, want_image)
         checks[key] = (passed, why, {"text_rows": len(want_text), "image_rows": len(want_image)})
@@ -103,7 +103,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
     uri = milvus.settings().resolved_milvus_uri
     yield Output(out, metadata={
         **outcome_counts(embeddings), "uri": uri if not milvus.is_lite else f"Milvus Lite: {uri}",
-        "fingerprint": fingerprint, **per_file(context, rows),
+        "fingerprint": fingerprint, "check_seconds": round(time.perf_counter() - t_check, 3), **per_file(context, rows),
     })
     yield from evaluations("milvus_partitions", MILVUS_CHECK, checks)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from conftest import REPO
@@ -40,7 +41,16 @@ def rows_by_file(modality: str = TEXT) -> dict[str, set[str]]:
     return out
 
 
-__all__ = ["cli_json", "store", "rows_by_file", "TEXT", "IMAGE"]
+def two_notes(tmp_path: Path) -> Path:
+    """A folder `docs` with two small Markdown files, a.md and b.md (keys docs:a.md, docs:b.md)."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# Alpha\n\nMallards dabble in ponds.\n")
+    (root / "b.md").write_text("# Beta\n\nThe peregrine falcon dives fast.\n")
+    return root
+
+
+__all__ = ["cli_json", "two_notes", "store", "rows_by_file", "TEXT", "IMAGE"]
 
 
 def wait_while_up(what: str, check, timeout: float, proc, log, home=None):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE
-from helpers import IMAGE, TEXT, cli_json, rows_by_file, store
+from helpers import IMAGE, TEXT, cli_json, rows_by_file, store, two_notes
 
 
 def _found(res: dict) -> set[tuple[str, str, str]]:
@@ -128,10 +128,7 @@ def test_asset_checks_are_recorded_per_file_and_a_planted_stale_row_fails_one(mm
     from mmrag.config import Settings
     from mmrag.manifest import Manifest
 
-    root = tmp_path / "docs"
-    root.mkdir()
-    (root / "a.md").write_text("# Alpha\n\nMallards dabble in ponds.\n")
-    (root / "b.md").write_text("# Beta\n\nThe peregrine falcon dives fast.\n")
+    root = two_notes(tmp_path)
     monkeypatch.setenv("MMRAG_PLANT", "milvus-stale-row:docs:a.md")
     code, out = cli_json(capsys, "ingest", str(root))
     assert code == 1 and out["indexed"] == 1

@@ -4,7 +4,7 @@ materialization of each stage; a multi-file run's per-file table is not copied i
 from __future__ import annotations
 
 import pytest
-from helpers import cli_json
+from helpers import cli_json, two_notes
 
 STAGES = ("raw_files", "parsed_blocks", "modal_descriptions", "embeddings", "milvus_partitions", "lightrag_graph")
 
@@ -29,10 +29,7 @@ def test_superseded_runs_are_purged_and_each_file_keeps_its_latest(mmrag_env, tm
 
     from mmrag.orchestration.retention import purge_runs
 
-    root = tmp_path / "docs"
-    root.mkdir()
-    (root / "a.md").write_text("# Alpha\n\nMallards dabble in ponds.\n")
-    (root / "b.md").write_text("# Beta\n\nThe peregrine falcon dives fast.\n")
+    root = two_notes(tmp_path)
     keys = ["docs:a.md", "docs:b.md"]
     assert cli_json(capsys, "ingest", str(root))[0] == 0  # run 1: a and b
     with DagsterInstance.get() as instance:
