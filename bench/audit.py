@@ -6,7 +6,10 @@ folders of 1,000 are ingested with `mmrag ingest` (the real pipeline, embedded d
 then `mmrag check --json` runs R times (wall time of the command, and its own time per part). Sizes:
 the Dagster home, the Milvus Lite dir, LightRAG, the blobs, the stage outputs and the manifest, per file.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/audit.py [--files 2700] [--repeat 2] [--json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/audit.py [--files 2700] [--repeat 2] [--pg] [--json]
+
+`--pg`: the Dagster instance on PostgreSQL (a throwaway server from Debian's binaries, as the tests
+start it: tests/pg_tools.py); its size is the database's growth over the empty schema.
 
 Also: what the per-file asset checks took in the ingest runs (their `check_seconds` metadata), and
 what one more file ingested alone (a one-file run, as the sensor usually makes) adds to the instance.
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 MMRAG = [sys.executable, "-m", "mmrag.cli"]
 
 
@@ -43,11 +47,17 @@ def _check_seconds(dagster_home: Path) -> dict:
     out = {}
     with DagsterInstance.get() as instance:
         for asset in ("milvus_partitions", "lightrag_graph"):
-            per_run = {}
-            for r in instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=100_000).records:
-                meta = r.asset_materialization.metadata
-                if "check_seconds" in meta:
-                    per_run[r.run_id] = meta["check_seconds"].value
+            per_run, cursor = {}, None
+            while True:
+                res = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=10_000,
+                                                      cursor=cursor)
+                for r in res.records:
+                    meta = r.asset_materialization.metadata
+                    if "check_seconds" in meta:
+                        per_run[r.run_id] = meta["check_seconds"].value
+                if not res.has_more:
+                    break
+                cursor = res.cursor
             out[asset] = {"runs": len(per_run), "seconds": round(sum(per_run.values()), 2)}
     return out
 
@@ -57,8 +67,33 @@ def main() -> None:
     p.add_argument("--files", type=int, default=2700)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--pg", action="store_true", help="Dagster on PostgreSQL instead of SQLite")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    if a.pg:
+        from pg_tools import postgres_server
+
+        with postgres_server() as new_db:
+            if new_db is None:
+                sys.exit("no PostgreSQL server binaries (scripts/setup.sh installs the postgresql package)")
+            run(a, new_db())
+    else:
+        run(a, None)
+
+
+def _pg_size(url: str) -> int:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_database_size(current_database())")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def run(a, pg_url: str | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmrag-bench-audit-"))
     root, home, dhome = tmp / "notes", tmp / "home", tmp / "dagster"
     dhome.mkdir()
@@ -70,6 +105,17 @@ def main() -> None:
                      f"## Where\n\nPond {i % 31}, seen on day {i % 365}.\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")}
     env.update(MMRAG_HOME=str(home), DAGSTER_HOME=str(dhome), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    pg_base = 0
+    if pg_url:  # the CLI writes $MMRAG_HOME/dagster/dagster.yaml with the Postgres storage
+        env.pop("DAGSTER_HOME")
+        from mmrag.orchestration.instance import with_driver
+
+        env["MMRAG_DAGSTER_PG_URL"] = with_driver(pg_url)
+        dhome = home / "dagster"
+        subprocess.run([sys.executable, "-c", "from mmrag.orchestration.instance import dagster_instance; "
+                        "from mmrag.config import Settings; dagster_instance(Settings.from_env()).get_runs()"],
+                       env=env, capture_output=True, cwd=REPO, check=True)  # the yaml and the empty schema
+        pg_base = _pg_size(pg_url.replace("postgresql+psycopg2://", "postgresql://"))
     try:
         t = time.perf_counter()
         ing = subprocess.run([*MMRAG, "ingest", str(root), "--source", "notes", "--json"], env=env,
@@ -78,6 +124,8 @@ def main() -> None:
         if ing.returncode != 0:
             sys.exit(f"ingest failed ({ing.returncode}): {ing.stderr[-2000:]}")
         indexed = json.loads(ing.stdout)["indexed"]
+        if pg_url:
+            os.environ["MMRAG_DAGSTER_PG_URL"] = env["MMRAG_DAGSTER_PG_URL"]
         checks = _check_seconds(dhome)
         walls, parts = [], []
         for _ in range(a.repeat):
@@ -89,7 +137,8 @@ def main() -> None:
                 sys.exit(f"the fresh index does not check clean: {res['before']['summary']}")
             parts.append(res["before"]["seconds"])
         # The sensor's usual: one new file, one run. What does the instance grow by per such run?
-        before, singles = _size(dhome), 5
+        size = lambda: _size(dhome) + (_pg_size(pg_url) - pg_base if pg_url else 0)  # noqa: E731
+        before, singles = size(), 5
         for i in range(singles):
             (root / "new").mkdir(exist_ok=True)
             (root / "new" / f"n{i}.md").write_text(f"# New note {i}\n\nA late note about {i} shovelers.\n")
@@ -97,9 +146,9 @@ def main() -> None:
                                  capture_output=True, text=True, cwd=REPO)
             if one.returncode != 0:
                 sys.exit(f"one-file ingest failed: {one.stderr[-2000:]}")
-        one_file_run_kb = round((_size(dhome) - before) / singles / 1e3, 1)
+        one_file_run_kb = round((size() - before) / singles / 1e3, 1)
         indexed += singles
-        sizes = {"dagster instance": _size(dhome), "milvus": _size(home / "milvus.db") + _size(home / "milvus"),
+        sizes = {"dagster instance" + (" (PostgreSQL + its home)" if pg_url else ""): size(), "milvus": _size(home / "milvus.db") + _size(home / "milvus"),
                  "lightrag": _size(home / "lightrag"), "blobs": _size(home / "blobs"),
                  "stage outputs": _size(home / "stages"), "manifest": _size(home / "state.sqlite"),
                  "whole MMRAG_HOME": _size(home)}

@@ -4,19 +4,16 @@ dead-run sensor on a real PostgreSQL server that this module starts in a temp di
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 import test_orchestration as orch
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
-from helpers import free_port
+from pg_tools import PASSWORD, postgres_server
 
 from mmrag.config import Settings
 from mmrag.orchestration.instance import (
@@ -29,64 +26,15 @@ from mmrag.orchestration.instance import (
 pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
 
 REPO = Path(__file__).resolve().parents[1]
-PASSWORD = "pw-" + uuid.uuid4().hex[:12]  # in the URL only: must never reach a file
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
 
 
 @pytest.fixture(scope="module")
 def pg_server():
-    """A PostgreSQL server on a free loopback port, data and socket in a temp dir; password auth over
-    TCP. Yields a function that creates a new database and returns its URL."""
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb): scripts/setup.sh installs the `postgresql` package")
-    import psycopg2
-
-    tmp = Path(tempfile.mkdtemp(prefix="mmrag-pg-"))  # not under pytest's tmp_path (mode 0700, root only)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-
-    def run(*cmd: str) -> None:
-        res = subprocess.run([*as_user, *cmd], check=False, capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, f"{cmd[0]}: {res.stdout[-1500:]}{res.stderr[-1500:]}"
-
-    data, port = tmp / "data", free_port()
-    pwfile = tmp / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    if as_user:
-        os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-        "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync")
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off -c synchronous_commit=off"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-o", opts, "-w", "-t", "60", "start")
-    try:
-        def new_db() -> str:
-            name = "dagster_" + uuid.uuid4().hex[:8]
-            conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=PASSWORD,
-                                    dbname="postgres")
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {name}")
-            conn.close()
-            return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/{name}"
-
+    """A PostgreSQL server for the module (`pg_tools.postgres_server`): a function making new databases."""
+    with postgres_server() as new_db:
+        if new_db is None:
+            pytest.skip("no PostgreSQL server binaries (initdb): scripts/setup.sh installs the `postgresql` package")
         yield new_db
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       check=False, capture_output=True, timeout=60)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
