@@ -66,7 +66,7 @@ def index_audit(context: AssetExecutionContext, config: AuditConfig, data_dir: D
     rep = audit(settings, config.sources or None, grace_s=config.grace_s)
     meta = {"clean": rep.clean, "differences": len(rep.differences),
             "table": differences_table(rep), "summary": MetadataValue.json(rep.to_json()["summary"]),
-            "seconds": MetadataValue.json(rep.seconds), **{k: v for k, v in rep.counts.items()}}
+            "seconds": MetadataValue.json(rep.seconds), **rep.counts}
     if config.repair and not rep.clean:
         done = repair(settings, rep, context.instance, grace_s=config.grace_s)
         meta["repair"] = MetadataValue.json(done)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from mmrag.audit.index_audit import CLEANUP, DELETE, GC, REINDEX, AuditReport, audit
+from mmrag.audit.index_audit import CLEANUP, GC, REINDEX, AuditReport
 from mmrag.config import Settings
 from mmrag.index.milvus_store import IMAGE, TEXT
 from mmrag.manifest import Status
@@ -33,7 +33,7 @@ def runs_in_flight(instance) -> list[str]:
     reap_dead_runs(instance)
     busy = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
             DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-    runs = instance.get_runs(RunsFilter(statuses=busy, job_name=None))
+    runs = instance.get_runs(RunsFilter(statuses=busy))
     return [f"{r.job_name} {r.run_id[:8]}" for r in runs if r.job_name in INDEX_JOBS]
 
 
@@ -86,16 +86,3 @@ def repair(settings: Settings, report: AuditReport, instance, *, sync: Callable[
 
         done["blobs_removed"] = collect_garbage(settings, grace_s)["removed"]
     return done
-
-
-def audit_and_repair(settings: Settings, instance, sources: list[str] | None = None, *, sync=None,
-                     grace_s: float = 3600.0) -> tuple[AuditReport, dict | None, AuditReport | None]:
-    """Audit; when anything differs, repair and audit again. Returns (before, done, after)."""
-    before = audit(settings, sources, grace_s=grace_s)
-    if before.clean:
-        return before, None, None
-    done = repair(settings, before, instance, sync=sync, grace_s=grace_s)
-    return before, done, audit(settings, sources, grace_s=grace_s)
-
-
-__all__ = ["DELETE", "RepairRefused", "audit_and_repair", "repair", "runs_in_flight"]
