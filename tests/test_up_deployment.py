@@ -8,6 +8,7 @@ parsed them, and Ctrl-C leaves no child."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,6 +136,25 @@ def test_up_with_model_server_milvus_server_and_postgres(tmp_path, milvus, pg_se
         runs = instance.get_runs(RunsFilter(job_name="ingest_job"))
         assert len(runs) >= 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs), \
             [(r.run_id, r.status) for r in runs]
+    finally:
+        instance.dispose()
+
+    # The index audit and the run purge on the deployment's stores (Milvus server, PostgreSQL).
+    def cli(*args, **extra):
+        res = subprocess.run([sys.executable, "-m", "mmrag.cli", *args, "--json"], env={**env, **extra}, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return json.loads(res.stdout)
+
+    assert cli("check")["before"]["clean"]
+    assert cli("gc", "--runs", MMRAG_RUN_RETENTION_DAYS="0.000001")["runs"]["examined"] >= 3
+    from dagster import AssetKey, AssetRecordsFilter
+
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    try:  # each file keeps its latest materialization
+        for key in ("docs:pochards.md", "docs:grebes.md"):
+            assert instance.fetch_materializations(AssetRecordsFilter(
+                asset_key=AssetKey("lightrag_graph"), asset_partitions=[key]), limit=1).records, key
     finally:
         instance.dispose()
     print(f"two new files found in {found_s:.1f} s with 4 clients asking")
