@@ -107,6 +107,13 @@ class Settings:
     # model prices (mmrag.models.usage.Prices): JSON inline or a JSON file's path, {"model": {"prompt":
     # USD per 1M tokens, "completion": ..., "image": USD per image}}; "" = usage without cost
     price_table: str = ""
+    # Rerank (mmrag.models.rerank): a cross-encoder re-scores the top `rerank_top_n` fused candidates
+    # of a query. "" = off (the default: no weights are packaged). With rerank_url: that server's
+    # /rerank (or /score); without: sentence-transformers' CrossEncoder in-process (a path or a name).
+    rerank_model: str = ""
+    rerank_url: str = ""
+    rerank_api_key: str = ""  # "" = MMRAG_LLM_API_KEY
+    rerank_top_n: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -164,6 +171,10 @@ class Settings:
             slot_wait_s=float(env.get("MMRAG_SLOT_WAIT_S") or d.slot_wait_s),
             parse_service=(env.get("MMRAG_PARSE_SERVICE") or "on").lower() not in ("0", "false", "no", "off"),
             price_table=env.get("MMRAG_PRICES", d.price_table),
+            rerank_model=env.get("MMRAG_RERANK_MODEL", d.rerank_model).strip(),
+            rerank_url=env.get("MMRAG_RERANK_URL", d.rerank_url).strip(),
+            rerank_api_key=env.get("MMRAG_RERANK_API_KEY", d.rerank_api_key),
+            rerank_top_n=_int(env, "MMRAG_RERANK_TOP_N", d.rerank_top_n),
         )
 
     def with_(self, **kw) -> "Settings":

@@ -115,4 +115,5 @@ def retrieval_eval(context: AssetExecutionContext, config: EvalConfig, data_dir:
         "not_answerable_recognised": MetadataValue.text(
             f"{na['recognised']}/{na['n']}" if na["recognised"] is not None else f"n/a ({na['note']})"),
         "latency_ms_p50": MetadataValue.float(float(res["latency_ms_p50"] or 0.0)),
+        "rerank": MetadataValue.json(res["rerank"]) if res.get("rerank") else "off",
     })

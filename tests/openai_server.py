@@ -2,7 +2,9 @@
 
 `FakeOpenAIServer` listens on 127.0.0.1 (a free port) in a daemon thread and answers
 `GET /v1/models`, `POST /v1/chat/completions` (text and vision messages, non-streaming) and
-`POST /v1/embeddings` in the OpenAI JSON shapes. Tests script it: `responder` writes the assistant
+`POST /v1/embeddings` in the OpenAI JSON shapes, and vLLM's cross-encoder routes `POST /v1/rerank`
+(Jina/Cohere shape) and `POST /v1/score` (`rerank_routes` says which it has; `scorer` scores a
+(query, passage) pair, default `overlap_score`). Tests script it: `responder` writes the assistant
 text, `embedder` the vectors (default `fake_embedding`: a hash of the text, without meaning),
 `latency_s` delays every POST, and faults (HTTP status, malformed JSON, a hang, a dropped connection)
 are queued with `fail_next` / `malformed_next` / `hang_next` / `drop_next` or decided per request by
@@ -100,6 +102,15 @@ def lightrag_aware(request_json: dict) -> str:
     return default_responder(request_json)
 
 
+def overlap_score(query: str, passage: str) -> float:
+    """The share of the query's distinct words (4+ letters, lower-cased) found in the passage: a
+    stand-in for a cross-encoder that tests can predict."""
+    import re
+
+    q = set(re.findall(r"[a-z]{4,}", query.lower()))
+    return round(len(q & set(re.findall(r"[a-z]{4,}", passage.lower()))) / len(q), 6) if q else 0.0
+
+
 def fake_embedding(text: str, dim: int) -> list[float]:
     """A unit vector derived from sha256(text): the same text always gives the same vector."""
     raw = b""
@@ -129,6 +140,8 @@ class FakeOpenAIServer:
         self.api_key = api_key  # when set, requests without `Bearer <api_key>` get 401
         self.responder: Callable[[dict], str] = default_responder
         self.embedder: Callable[[str, int], list[float]] = fake_embedding  # (text, dim) -> vector
+        self.scorer: Callable[[str, str], float] = overlap_score  # (query, passage) -> relevance
+        self.rerank_routes: set[str] = {"/v1/rerank", "/v1/score"}  # vLLM's cross-encoder routes served
         self.fault_fn: Callable[[Recorded], Fault | None] | None = None
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -346,6 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat(rec.json, rec)
         elif path == "/v1/embeddings":
             self._embeddings(rec.json, rec)
+        elif path in fake.rerank_routes:
+            self._rerank(rec.json, rec, path)
         else:
             self._error(404, f"Not Found: {rec.path}", "NotFoundError")
 
@@ -403,3 +418,27 @@ class _Handler(BaseHTTPRequestHandler):
             "model": req.get("model"), "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
         })  # fmt: skip
+
+    def _rerank(self, req: dict, rec: Recorded, path: str) -> None:
+        """vLLM's /v1/rerank (query + documents -> results[index, relevance_score], best first, cut to
+        top_n) and /v1/score (text_1 + text_2 list -> data[index, score], in input order)."""
+        rerank = path == "/v1/rerank"
+        query, docs = (req.get("query"), req.get("documents")) if rerank else (req.get("text_1"), req.get("text_2"))
+        if isinstance(docs, str):
+            docs = [docs]
+        if not isinstance(query, str) or not isinstance(docs, list) or not all(isinstance(d, str) for d in docs):
+            self._error(400, "query/text_1 must be a string and documents/text_2 a list of strings")
+            return
+        scores = [self.fake.scorer(query, d) for d in docs]
+        tokens = sum(len(query.split()) + len(d.split()) for d in docs)
+        rec.usage = {"prompt_tokens": tokens, "completion_tokens": 0, "images": 0}
+        u = {"prompt_tokens": tokens, "total_tokens": tokens}
+        if rerank:
+            order = sorted(range(len(docs)), key=lambda i: -scores[i] if isinstance(scores[i], (int, float)) else 0.0)
+            order = order[: req.get("top_n") or len(docs)]
+            results = [{"index": i, "document": {"text": docs[i]}, "relevance_score": scores[i]} for i in order]
+            self._send(200, {"id": f"rerank-{uuid.uuid4().hex}", "model": req.get("model"), "results": results, "usage": u})
+        else:
+            data = [{"index": i, "object": "score", "score": sc} for i, sc in enumerate(scores)]
+            self._send(200, {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                             "model": req.get("model"), "data": data, "usage": u})

@@ -41,6 +41,9 @@ def cmd_eval(args) -> int:
     na = res["not_answerable"]
     print(f"not answerable: {na['n']} questions" + (f", {na['recognised']} recognised by the LLM" if na["recognised"] is not None else
                                                     f" ({na['note']})"))
+    if rr := res.get("rerank"):
+        print(f"reranked: top {rr['top_n']} by {rr['model']} ({rr['where']}), p50 {rr['ms_p50']:.0f} ms"
+              + (f", {rr['errors']} failed (fused order kept)" if rr["errors"] else ""))
     print(f"plot: {plot}")
     return 0
 

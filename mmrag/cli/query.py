@@ -50,6 +50,9 @@ def cmd_query(args) -> int:
         text = " ".join(h["text"].split())[:160]
         frame = f"\n    image: {h['image_path']}" if h.get("image_path") else ""
         print(f"{i:2d}. [{h['score']:.3f}] {h['source']}:{h['file']} {where(h)} ({h['modality']})\n    {text}{frame}")
+    if rr := out.get("rerank"):
+        print(f"\nreranked by {rr['model']}: {rr['candidates']} candidates, {rr['ms']:.0f} ms"
+              if not rr.get("error") else f"\nrerank by {rr['model']} failed, fused order kept: {rr['error']}")
     if out["graph_context"] and not args.answer:
         print(f"\ngraph context ({args.mode}): {len(out['graph_context'])} characters (--json shows it)")
     if out["answer_status"] == "error":

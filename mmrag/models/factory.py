@@ -137,6 +137,30 @@ def image_embedder(settings: Settings, *, cached: bool = True):
     return CachedImageEmbedder(inner, VectorCache(s.cache_dir / "vectors.sqlite"), f"clip:{s.clip_model}/{s.clip_pretrained}")
 
 
+def reranker(settings: Settings):
+    """The cross-encoder of `MMRAG_RERANK_MODEL`, or None (off, the default): on the server of
+    `MMRAG_RERANK_URL` (its /rerank, else /score), else sentence-transformers' CrossEncoder in this
+    process (loaded on first use, once per process)."""
+    s = settings
+    if not s.rerank_model:
+        return None
+    from mmrag.models.rerank import LocalCrossEncoder, ServedReranker
+
+    api_key = s.rerank_api_key or s.llm_api_key
+    key = ("rerank", s.rerank_model, s.rerank_url, api_key, s.embed_device, s.llm_timeout_s, s.llm_retries)
+    with _guard:
+        model = _embedders.get(key)
+        if model is None and s.rerank_url:
+            from mmrag.models.llm import LLMClient
+
+            server = LLMClient(s.rerank_url, s.rerank_model, api_key=api_key, concurrency=s.llm_concurrency,
+                               timeout_s=s.llm_timeout_s, retries=s.llm_retries)
+            model = _embedders[key] = ServedReranker(server, s.rerank_model)
+        elif model is None:
+            model = _embedders[key] = LocalCrossEncoder(s.rerank_model, device=s.embed_device)
+        return model
+
+
 def _service(s: Settings) -> "LLMClient":
     """The client of the warm embedding service (`mmrag.serve.embeddings`)."""
     from mmrag.models.llm import LLMClient

@@ -89,7 +89,7 @@ def evaluate(settings: Settings, folder: Path, source: str, *, depth: int = 50, 
     store = factory.milvus_store(settings)
     per_q, found_at, chunk_found = [], {k: 0 for k in KS}, {k: 0 for k in KS}
     by_source: dict[str, dict] = {}
-    latencies = []
+    latencies, rerank_ms, rerank_errors, rerank_info = [], [], 0, None
     for s in samples:
         if not s.answerable:
             continue
@@ -97,6 +97,10 @@ def evaluate(settings: Settings, folder: Path, source: str, *, depth: int = 50, 
         res = retrieve(settings, s.question, top_k=depth, mode="naive", files=[f"{source}:{s.doc_id}"],
                        with_images=False, text_search=text_search, text_embedder=text_embedder, store=store)
         latencies.append(time.perf_counter() - t0)
+        if res.get("rerank"):
+            rerank_info = res["rerank"]
+            rerank_errors += bool(rerank_info.get("error"))
+            rerank_ms.append(rerank_info["ms"])
         pages = page_ranking(res["hits"])
         first = next((i + 1 for i, p in enumerate(pages) if p in s.evidence_pages), None)
         chunk_first = next((i + 1 for i, h in enumerate(res["hits"])
@@ -122,6 +126,9 @@ def evaluate(settings: Settings, folder: Path, source: str, *, depth: int = 50, 
                 "by_source": dict(sorted(by_source.items())), "questions": n, "text_search": text_search,
                 "documents": len({s.doc_id for s in samples}),
                 "latency_ms_p50": round(sorted(latencies)[len(latencies) // 2] * 1000, 1) if latencies else None,
+                "rerank": rerank_info and {"model": rerank_info["model"], "where": rerank_info["where"],
+                                           "top_n": settings.rerank_top_n, "errors": rerank_errors,
+                                           "ms_p50": sorted(rerank_ms)[len(rerank_ms) // 2]},
                 "not_answerable": _not_answerable(settings, samples, source, llm, text_embedder, store),
                 "per_question": per_q})
     return out

@@ -11,6 +11,7 @@ modality, parser and pipeline version.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ import numpy as np
 from mmrag.config import Settings
 from mmrag.index.milvus_store import IMAGE, TEXT, MilvusStore, quote
 
+log = logging.getLogger(__name__)
 MODES = ("naive", "local", "global", "hybrid", "mix")
 TEXT_SEARCH = ("hybrid", "dense", "bm25")
 MODALITIES = ("text", "table", "image", "equation", "transcript")
@@ -205,12 +207,37 @@ def _page_fusion(store: MilvusStore, vec: list[float], question: str, top_k: int
     return out
 
 
+def rerank(reranker, question: str, hits: list[dict], top_n: int) -> tuple[list[dict], dict]:
+    """The first `top_n` hits re-ordered by the cross-encoder's score of (question, hit text); the rest
+    follow in their fused order. A reranked hit's `score` is the cross-encoder's, `fused_score` its
+    score before. A reranker that fails leaves the fused order, with the error in the info:
+    retrieval does not fail because its last stage did. Returns (hits, info)."""
+    n = min(top_n, len(hits))
+    info: dict = {"model": reranker.model, "where": reranker.where, "candidates": n}
+    t0 = time.perf_counter()
+    try:
+        scores = reranker.score(question, [h.get("text", "") for h in hits[:n]]) if n else []
+    except Exception as e:  # noqa: BLE001 - a server fault, a model that would not load: fused order stands
+        log.warning("rerank with %s failed, the fused order stands: %s", reranker.model, e)
+        info.update(error=f"{type(e).__name__}: {e}"[:300], ms=round((time.perf_counter() - t0) * 1000, 1))
+        return hits, info
+    info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    head = []
+    for h, sc in zip(hits[:n], scores):
+        head.append({**h, "fused_score": h["score"], "score": round(float(sc), 6)})
+    # ties keep the fused order (sorted is stable)
+    return sorted(head, key=lambda h: -h["score"]) + hits[n:], info
+
+
 def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
              modalities=None, text_search: str = "hybrid", with_images: bool = True, image_k: int = 3,
-             text_embedder=None, image_embedder=None, graph=None, store: MilvusStore | None = None) -> dict:
-    """{"hits": [...], "graph_context": str, "mode", "timings_ms": {...}}: top-k text hits, then up to
-    `image_k` image hits (when "image" is among `modalities` or no modality filter is set), then the
-    graph context of `mode`. `graph`: an open GraphStore to reuse (else one is opened if needed)."""
+             text_embedder=None, image_embedder=None, graph=None, store: MilvusStore | None = None,
+             reranker=None) -> dict:
+    """{"hits": [...], "graph_context": str, "mode", "rerank": {...} | None, "timings_ms": {...}}: top-k
+    text hits, then up to `image_k` image hits (when "image" is among `modalities` or no modality
+    filter is set), then the graph context of `mode`. `graph`: an open GraphStore to reuse (else one
+    is opened if needed). `reranker`: default the settings' (`factory.reranker`; None = off); it
+    re-scores the top `settings.rerank_top_n` text candidates (`rerank`)."""
     from mmrag.models import factory
 
     if mode not in MODES:
@@ -223,15 +250,25 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
     text_embedder = text_embedder or factory.text_embedder(settings, cached=False)
     text_modalities = [m for m in (modalities or []) if m != IMAGE]
     flt = build_filter(settings, sources, files, text_modalities)
+    reranker = reranker or factory.reranker(settings)
+    top_n = max(0, settings.rerank_top_n) if reranker else 0
+    depth = max(top_k, top_n)  # the reranker sees its N candidates whatever top_k is
     hits: list[dict] = []
+    rerank_info = None
     if not modalities or text_modalities:
         if text_search == "bm25":
-            raw = store.bm25_search(question, top_k, flt)
+            raw = store.bm25_search(question, depth, flt)
         else:
             vec = text_embedder.embed([question])[0].tolist()
-            raw = _page_fusion(store, vec, question, top_k, flt) if text_search == "hybrid" else store.search(TEXT, vec, top_k, flt)
+            raw = _page_fusion(store, vec, question, depth, flt) if text_search == "hybrid" else store.search(TEXT, vec, depth, flt)
         hits = [_hit(h) for h in raw]
-    timings["text"] = (time.perf_counter() - t0) * 1000
+        timings["text"] = (time.perf_counter() - t0) * 1000
+        if top_n:
+            hits, rerank_info = rerank(reranker, question, hits, top_n)
+            timings["rerank"] = rerank_info["ms"]
+        hits = hits[:top_k]
+    else:
+        timings["text"] = (time.perf_counter() - t0) * 1000
     if with_images and image_k > 0 and (not modalities or IMAGE in modalities) and store.has(IMAGE):
         t1 = time.perf_counter()
         image_embedder = image_embedder or factory.image_embedder(settings, cached=False)
@@ -249,7 +286,7 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
                                         manifest=factory.manifest(settings))
         context = graph.query_context(question, mode=mode, top_k=max(top_k, 10), sources=sources or None)
         timings["graph"] = (time.perf_counter() - t2) * 1000
-    return {"hits": hits, "graph_context": context, "mode": mode,
+    return {"hits": hits, "graph_context": context, "mode": mode, "rerank": rerank_info,
             "timings_ms": {k: round(v, 1) for k, v in timings.items()}}
 
 

@@ -90,7 +90,17 @@ def ask(question: str, opts: dict, scope: Scope = OPEN) -> dict:
         turn["error"] = scrub(f"Search failed: {type(e).__name__}: {' '.join(str(e).split())}")
         return turn
     turn["hits"], turn["graph_context"], turn["answer"] = res.hits, res.graph_context, res.answer
+    turn["rerank"] = res.rerank
     return turn
+
+
+def rerank_note(info: dict | None) -> str:
+    """' · reranked by M (N candidates, X ms)', or what went wrong; '' when the stage is off."""
+    if not info:
+        return ""
+    if info.get("error"):
+        return f" · rerank by {info['model']} failed, fused order kept ({info['error']})"
+    return f" · reranked by {info['model']} ({info['candidates']} candidates, {info['ms']:.0f} ms)"
 
 
 def show_answer(turn: dict) -> None:
@@ -141,7 +151,8 @@ def show_turn(t: int, turn: dict) -> None:
                 return
             cited = {c["hit"] for c in (turn["answer"].citations if turn["answer"] else [])}
             filters = ", ".join(turn["sources"]) or "all sources"
-            st.caption(f"{len(hits)} hits · mode {turn['mode']} · top-k {turn['top_k']} · {filters}")
+            st.caption(f"{len(hits)} hits · mode {turn['mode']} · top-k {turn['top_k']} · {filters}"
+                       + rerank_note(turn.get("rerank")))
             if turn["graph_context"]:
                 with st.expander(f"graph context ({turn['mode']})"):
                     st.text(turn["graph_context"])

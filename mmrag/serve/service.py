@@ -48,13 +48,14 @@ class Turn:
     answer: Any = None  # mmrag.retrieval.answer.Answer, or None when no answer was asked for
     timings_ms: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)  # the model requests of this question (mmrag.models.usage.summary)
+    rerank: dict | None = None  # the rerank stage: model, where, candidates, ms (or error); None = off
 
     def to_json(self) -> dict:
         """The object `mmrag query --json` prints (and `POST /v1/query` returns)."""
         a = self.answer
         return {"hits": self.hits, "answer": a.text if a else None, "citations": a.citations if a else [],
                 "answer_status": a.status if a else None, "model": a.model if a else None,
-                "mode": self.mode, "graph_context": self.graph_context, "usage": self.usage}
+                "mode": self.mode, "graph_context": self.graph_context, "usage": self.usage, "rerank": self.rerank}
 
 
 class QueryService:
@@ -79,6 +80,10 @@ class QueryService:
 
     def store(self):
         return factory.milvus_store(self.settings)
+
+    def reranker(self):
+        """The rerank stage's cross-encoder (`MMRAG_RERANK_MODEL`), or None when off."""
+        return factory.reranker(self.settings)
 
     def llm(self):
         return factory.llm_client(self.settings)
@@ -107,10 +112,11 @@ class QueryService:
             res = retrieve(self.settings, question, top_k=top_k, mode=mode, sources=sources or None,
                            files=files or None, modalities=modalities or None, with_images=images,
                            text_embedder=self.text_embedder(), image_embedder=self.image_embedder() if images else None,
-                           store=self.store(), graph=self.graph() if mode != "naive" else None)
+                           store=self.store(), graph=self.graph() if mode != "naive" else None,
+                           reranker=self.reranker())
             ans = write_answer(question, res["hits"], self.llm(), graph_context=res["graph_context"]) if answer else None
         return Turn(res["hits"], res["graph_context"], mode, ans, res.get("timings_ms", {}),
-                    usage.summary(meter.snapshot(), self.prices()))
+                    usage.summary(meter.snapshot(), self.prices()), res.get("rerank"))
 
     def prices(self):
         """MMRAG_PRICES, or None when it is unset or unreadable (a query never fails for it)."""
