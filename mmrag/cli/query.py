@@ -50,6 +50,8 @@ def cmd_query(args) -> int:
         text = " ".join(h["text"].split())[:160]
         frame = f"\n    image: {h['image_path']}" if h.get("image_path") else ""
         print(f"{i:2d}. [{h['score']:.3f}] {h['source']}:{h['file']} {where(h)} ({h['modality']})\n    {text}{frame}")
+    if out.get("pages"):
+        print("\nbest pages: " + ", ".join(f"{p['source']}:{p['file']} p.{p['page'] + 1}" for p in out["pages"][:5]))
     if rr := out.get("rerank"):
         print(f"\nreranked by {rr['model']}: {rr['candidates']} candidates, {rr['ms']:.0f} ms"
               if not rr.get("error") else f"\nrerank by {rr['model']} failed, fused order kept: {rr['error']}")

@@ -307,6 +307,17 @@ class MilvusStore:
     _FIELDS = ["file_key", "source", "modality", "page", "t_start", "t_end", "lineage", "image_path",
                "parser", "pipeline_version", "text", "chunk_id"]
 
+    def rows_with_vectors(self, modality: str, filter: str, limit: int) -> list[dict]:
+        """Up to `limit` rows matching `filter`, with the search fields and their vectors."""
+        name = self._loaded(modality)
+        if name is None:
+            return []
+        rows = self.client.query(name, filter=filter, output_fields=[*self._FIELDS, "vector"], limit=limit)
+        for r in rows:
+            if isinstance(r.get("lineage"), str):
+                r["lineage"] = json.loads(r["lineage"])
+        return [dict(r) for r in rows]
+
     def search(self, modality: str, vector: list[float], top_k: int = 10, filter: str = "") -> list[dict]:
         """Dense search (cosine)."""
         name = self._loaded(modality)

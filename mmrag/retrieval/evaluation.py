@@ -1,8 +1,8 @@
 """Retrieval evaluation on an MMLongBench-Doc-style folder: `documents/*.pdf` + `samples.jsonl`.
 
 For each answerable question (non-empty `evidence_pages`), retrieval is scoped to its document; the
-ranked chunks (top `depth`) are collapsed to a ranking of pages (a page ranks where its best chunk
-does), and a question counts as found at k when one of the top-k pages is an evidence page (page
+ranking of pages is `retrieve`'s (hybrid: pages by their fused page score; dense, bm25: a page
+ranks where its best chunk does; over the top `depth` chunks), and a question counts as found at k when one of the top-k pages is an evidence page (page
 recall@k; pages 1-based in the file, 0-based in hits). Chunk-level recall (top-k chunks, so several
 may share a page) is reported beside it. Figures are given overall and per evidence source
 (Pure-text, Table, Chart, Figure, Generalized-text). With an LLM configured, the "not answerable"
@@ -101,7 +101,7 @@ def evaluate(settings: Settings, folder: Path, source: str, *, depth: int = 50, 
             rerank_info = res["rerank"]
             rerank_errors += bool(rerank_info.get("error"))
             rerank_ms.append(rerank_info["ms"])
-        pages = page_ranking(res["hits"])
+        pages = [p["page"] + 1 for p in res["pages"]] or page_ranking(res["hits"])
         first = next((i + 1 for i, p in enumerate(pages) if p in s.evidence_pages), None)
         chunk_first = next((i + 1 for i, h in enumerate(res["hits"])
                             if h.get("page") is not None and h["page"] + 1 in s.evidence_pages), None)

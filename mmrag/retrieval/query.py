@@ -44,7 +44,7 @@ def _hit(h: dict) -> dict:
 
 
 def _in(field: str, values) -> str:
-    return f"{field} in [{', '.join(quote(v) for v in values)}]"
+    return f"{field} in [{', '.join(str(v) if isinstance(v, int) else quote(v) for v in values)}]"
 
 
 def file_keys(settings: Settings, files, sources=None) -> list[str]:
@@ -89,6 +89,29 @@ _STEMS: dict[str, str] = {}
 # slice together; both are flat around these values (README: "Retrieval quality").
 DENSE_WEIGHT = 0.55  # dense vs lexical, each z-normalised over the candidates
 PAGE_WEIGHT = 0.2  # a chunk's score: this share from its page (unit), the rest its own
+# A page the question names ("on page 10", "the second page"): its chunks join the candidates and
+# its unit score gains this much (in z units); at most PAGE_REF_ROWS rows are read for them.
+PAGE_REF_BONUS = 1.0
+PAGE_REF_ROWS = 200
+_ORDINALS = {w: i for i, w in enumerate(
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split(), 1)}
+_PAGE_REF = re.compile(
+    r"\b(?:pages?|p\.|pg\.?)\s*(\d{1,4})((?:\s*(?:,|and|&|-|to)\s*\d{1,4})*)"  # page 10, pages 3 and 5
+    r"|\b(\d{1,4})(?:st|nd|rd|th)\s+(?:\w+\s+)?page\b"  # 2nd page
+    r"|\b(" + "|".join(_ORDINALS) + r")\s+(?:\w+\s+)?page\b", re.I)  # the second (cover) page
+
+
+def page_refs(question: str) -> list[int]:
+    """The pages a question names, 0-based: "page 10" → 9, "pages 3 and 5" → 2, 4, "the second page"
+    → 1, "the 3rd page" → 2. Physical pages of the file (a printed page label may differ)."""
+    out: list[int] = []
+    for m in _PAGE_REF.finditer(question):
+        if m.group(1):
+            nums = [int(m.group(1)), *map(int, re.findall(r"\d{1,4}", m.group(2) or ""))]
+        else:
+            nums = [int(m.group(3)) if m.group(3) else _ORDINALS[m.group(4).lower()]]
+        out += [n - 1 for n in nums if 1 <= n <= 10_000 and n - 1 not in out]
+    return out
 
 
 def _load_stemmer():
@@ -152,7 +175,7 @@ def _row_terms(row: dict) -> Counter:
 
 
 def _page_fusion(store: MilvusStore, vec: list[float], question: str, top_k: int, flt: str,
-                 depth: int | None = None) -> list[dict]:
+                 depth: int | None = None) -> tuple[list[dict], list[dict]]:
     """Hybrid text search, fused per page.
 
     1. Candidates: the top `depth` chunks by MiniLM cosine and the top `depth` by Milvus BM25 (asked
@@ -164,15 +187,25 @@ def _page_fusion(store: MilvusStore, vec: list[float], question: str, top_k: int
        score (BM25 over the unit's or chunk's text, stemmed, stop words dropped, IDF over the
        candidates), z-normalised over the candidates and mixed DENSE_WEIGHT : 1 - DENSE_WEIGHT.
     4. Hits: chunks by PAGE_WEIGHT × their unit's score + (1 - PAGE_WEIGHT) × their own; `score`.
+    5. Pages: the units that are pages, by their unit score alone (top `top_k`).
+    A page the question names (`page_refs`) is read in (up to PAGE_REF_ROWS rows) and its unit
+    score gains PAGE_REF_BONUS. Returns (hits, pages).
     """
     depth = depth or max(2 * top_k, 50)
     dense = store.search(TEXT, vec, depth, flt)
     words = " ".join(w for w in _WORD.findall(question.lower()) if w not in FILLER) or question
     cands = {h["id"]: h for h in dense + store.bm25_search(words, depth, flt)}
-    if not cands:
-        return []
-    rows = list(cands.values())
     dense_cos = {h["id"]: float(h["score"]) for h in dense}
+    named = page_refs(question)
+    if named:  # the named pages' chunks are candidates whatever their similarity
+        q = np.asarray(vec, dtype=float)
+        for r in store.rows_with_vectors(TEXT, " and ".join(x for x in (flt, _in("page", named)) if x), PAGE_REF_ROWS):
+            v = np.asarray(r.pop("vector"), dtype=float)
+            dense_cos.setdefault(r["id"], float(v @ q / ((np.linalg.norm(v) * np.linalg.norm(q)) or 1.0)))
+            cands.setdefault(r["id"], r)
+    if not cands:
+        return [], []
+    rows = list(cands.values())
     floor = min(dense_cos.values(), default=0.0)  # lexical-only candidates score below the dense list
     cos = np.array([dense_cos.get(r["id"], floor) for r in rows])
     unit_of: list[tuple] = []
@@ -194,6 +227,8 @@ def _page_fusion(store: MilvusStore, vec: list[float], question: str, top_k: int
         unit_terms.append(c)
     unit_dense = np.array([max(cos[j] for j in m) for m in members])
     unit_score = DENSE_WEIGHT * _z(unit_dense) + (1 - DENSE_WEIGHT) * _z(bm25(qterms, unit_terms))
+    if named:
+        unit_score += PAGE_REF_BONUS * np.array([u[0] != "" and u[1] in named for u in units])
     chunk_score = DENSE_WEIGHT * _z(cos) + (1 - DENSE_WEIGHT) * _z(bm25(qterms, row_terms))
     score = PAGE_WEIGHT * unit_score[[index[u] for u in unit_of]] + (1 - PAGE_WEIGHT) * chunk_score
     # A chunk ranks by its own fused score plus a share of its page's: a passage on a page that
@@ -204,7 +239,10 @@ def _page_fusion(store: MilvusStore, vec: list[float], question: str, top_k: int
         h = dict(rows[j])
         h["score"] = round(float(score[j]), 6)
         out.append(h)
-    return out
+    # Pages rank by their unit score alone: all their candidate chunks, not only the best one.
+    order = sorted((i for i, u in enumerate(units) if u[0]), key=lambda i: -unit_score[i])[:top_k]
+    pages = [{"file_key": units[i][0], "page": units[i][1], "score": round(float(unit_score[i]), 6)} for i in order]
+    return out, pages
 
 
 def rerank(reranker, question: str, hits: list[dict], top_n: int) -> tuple[list[dict], dict]:
@@ -229,12 +267,35 @@ def rerank(reranker, question: str, hits: list[dict], top_n: int) -> tuple[list[
     return sorted(head, key=lambda h: -h["score"]) + hits[n:], info
 
 
+def page_list(hits: list[dict], fused_pages: list[dict] | None, rerank_info: dict | None, k: int) -> list[dict]:
+    """The pages of the text hits, best first, `k` at most: {"file", "source", "page", "score"}.
+    Hybrid search ranks pages by their own fused score (`_page_fusion`); the reranked head comes
+    first where a reranker ran (a page ranks where its best reranked chunk does); otherwise, and for
+    dense and bm25, a page ranks where its best chunk does."""
+    out: dict[tuple, dict] = {}
+
+    def add(file_key: str, page, score: float) -> None:
+        if page is not None and page >= 0 and (file_key, page) not in out:
+            source, _, rel = file_key.partition(":")
+            out[(file_key, page)] = {"file": rel, "source": source, "page": int(page), "score": round(float(score), 6)}
+
+    reranked = rerank_info["candidates"] if rerank_info and not rerank_info.get("error") else 0
+    for h in hits[:reranked]:
+        add(f"{h['source']}:{h['file']}", h["page"], h["score"])
+    for p in fused_pages if fused_pages is not None else ():
+        add(p["file_key"], p["page"], p["score"])
+    for h in hits[reranked:]:
+        add(f"{h['source']}:{h['file']}", h["page"], h["score"])
+    return list(out.values())[:k]
+
+
 def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
              modalities=None, text_search: str = "hybrid", with_images: bool = True, image_k: int = 3,
              text_embedder=None, image_embedder=None, graph=None, store: MilvusStore | None = None,
              reranker=None) -> dict:
-    """{"hits": [...], "graph_context": str, "mode", "rerank": {...} | None, "timings_ms": {...}}: top-k
-    text hits, then up to `image_k` image hits (when "image" is among `modalities` or no modality
+    """{"hits": [...], "pages": [...], "graph_context": str, "mode", "rerank": {...} | None,
+    "timings_ms": {...}}: top-k text hits, the top-k pages among them (`page_list`), then up to
+    `image_k` image hits (when "image" is among `modalities` or no modality
     filter is set), then the graph context of `mode`. `graph`: an open GraphStore to reuse (else one
     is opened if needed). `reranker`: default the settings' (`factory.reranker`; None = off); it
     re-scores the top `settings.rerank_top_n` text candidates (`rerank`)."""
@@ -254,18 +315,24 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
     top_n = max(0, settings.rerank_top_n) if reranker else 0
     depth = max(top_k, top_n)  # the reranker sees its N candidates whatever top_k is
     hits: list[dict] = []
+    pages: list[dict] = []
     rerank_info = None
     if not modalities or text_modalities:
+        fused_pages = None
         if text_search == "bm25":
             raw = store.bm25_search(question, depth, flt)
         else:
             vec = text_embedder.embed([question])[0].tolist()
-            raw = _page_fusion(store, vec, question, depth, flt) if text_search == "hybrid" else store.search(TEXT, vec, depth, flt)
+            if text_search == "hybrid":
+                raw, fused_pages = _page_fusion(store, vec, question, depth, flt)
+            else:
+                raw = store.search(TEXT, vec, depth, flt)
         hits = [_hit(h) for h in raw]
         timings["text"] = (time.perf_counter() - t0) * 1000
         if top_n:
             hits, rerank_info = rerank(reranker, question, hits, top_n)
             timings["rerank"] = rerank_info["ms"]
+        pages = page_list(hits, fused_pages, rerank_info, top_k)
         hits = hits[:top_k]
     else:
         timings["text"] = (time.perf_counter() - t0) * 1000
@@ -286,7 +353,7 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
                                         manifest=factory.manifest(settings))
         context = graph.query_context(question, mode=mode, top_k=max(top_k, 10), sources=sources or None)
         timings["graph"] = (time.perf_counter() - t2) * 1000
-    return {"hits": hits, "graph_context": context, "mode": mode, "rerank": rerank_info,
+    return {"hits": hits, "pages": pages, "graph_context": context, "mode": mode, "rerank": rerank_info,
             "timings_ms": {k: round(v, 1) for k, v in timings.items()}}
 
 

@@ -90,7 +90,7 @@ def ask(question: str, opts: dict, scope: Scope = OPEN) -> dict:
         turn["error"] = scrub(f"Search failed: {type(e).__name__}: {' '.join(str(e).split())}")
         return turn
     turn["hits"], turn["graph_context"], turn["answer"] = res.hits, res.graph_context, res.answer
-    turn["rerank"] = res.rerank
+    turn["rerank"], turn["pages"] = res.rerank, res.pages
     return turn
 
 
@@ -153,6 +153,8 @@ def show_turn(t: int, turn: dict) -> None:
             filters = ", ".join(turn["sources"]) or "all sources"
             st.caption(f"{len(hits)} hits · mode {turn['mode']} · top-k {turn['top_k']} · {filters}"
                        + rerank_note(turn.get("rerank")))
+            if turn.get("pages"):
+                st.caption("best pages: " + ", ".join(f"{p['file']} p.{p['page'] + 1}" for p in turn["pages"][:5]))
             if turn["graph_context"]:
                 with st.expander(f"graph context ({turn['mode']})"):
                     st.text(turn["graph_context"])
