@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from mmrag.ids import image_ref
 
-PIPELINE_VERSION = "2"  # 2: ids without the data dir path, bounded graph names, hashed long doc ids
+# 2: ids without the data dir path, bounded graph names, hashed long doc ids; 3: table row chunks
+PIPELINE_VERSION = "3"
 
 
 class BlockKind(str, Enum):

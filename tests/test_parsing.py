@@ -114,6 +114,37 @@ def test_chunks_keep_lineage_and_respect_size(tmp_path):
     assert tables and all(len(c.block_ids) == 1 for c in tables)
 
 
+def test_table_rows_keep_their_column_names(tmp_path):
+    """Each row of a table is a line of "column: value" pairs under the table's heading path, as many
+    rows as fit a chunk, so a row is found by the column names (docling's DOCX table, real file)."""
+    from mmrag.index.chunking import row_text, table_rows
+    from mmrag.models.tokenizer import TOKENIZER
+
+    doc = _parse(SAMPLE / "word_sample.docx", tmp_path)
+    (table,) = [c for c in chunk_document(doc) if c.modality == "table"]
+    assert table.text.splitlines() == [
+        "Swimming in the lake > Let’s swim! > Let’s eat", "Table:",
+        "Leaves; Food: Ash, Elm, Maple; Calories per portion: 50",
+        "Berries; Food: Blueberry, Strawberry, Cranberry; Calories per portion: 150",
+        "Grain; Food: Corn, Buckwheat, Barley; Calories per portion: 200"]
+    # A long table: every window repeats the heading and caption, every row carries its columns.
+    md = "| Year | Revenue (USD m) |\n|---|---|\n" + "".join(f"| {1900 + i} | {i * 7} |\n" for i in range(120))
+    from mmrag.blocks import Block
+
+    doc.blocks = [Block(id="b0", kind=BlockKind.TABLE, order=0, text=md, caption="Table 4: revenue by year", section="Results")]
+    chunks = chunk_document(doc, size=60, overlap=10)
+    assert len(chunks) > 3 and all(TOKENIZER.count(c.text) <= 60 for c in chunks)
+    assert all(c.text.startswith("Results\nTable 4: revenue by year\n") for c in chunks)
+    rows = [ln for c in chunks for ln in c.text.splitlines()[2:]]
+    assert rows == [f"Year: {1900 + i}; Revenue (USD m): {i * 7}" for i in range(120)]
+    # merged cells, a title row over every column, links and comments
+    assert row_text(["H0", "H1", "H1"], ["a", "M", "M"]) == "H0: a; H1: M"
+    assert row_text(["first", "second", "third"], ["3", "3", "3"]) == "first: 3; second: 3; third: 3"
+    cols, rows, title = table_rows("| Duck | Duck |\n|---|---|\n| Kingdom: | [Animalia](/wiki/Animal) <!-- image --> |")
+    assert title == "Duck" and row_text(cols, rows[0]) == "Kingdom: Animalia"
+    assert table_rows("no | table here") is None and table_rows("| a | b |\n|---|---|") is None
+
+
 @pytest.mark.skipif(os.environ.get("MMRAG_TEST_MINERU") != "1",
                     reason="opt-in (MMRAG_TEST_MINERU=1): MinerU's server probes its vendor's cloud API when it starts")
 def test_mineru_parser_by_config(tmp_path):

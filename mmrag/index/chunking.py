@@ -7,9 +7,17 @@ Blocks are packed in reading order into chunks of at most `size` tokens, never a
 section boundary when the chunk already has content; a block longer than `size` is split into
 overlapping windows. Modal blocks (tables, figures, equations) become chunks of their own, holding
 their description, so a figure's text is found by text search and points to the figure.
+
+A table in Markdown becomes row chunks: each row written as "column: value" pairs under the table's
+caption and heading path, as many rows as fit, so a row's cells are found by the column names
+whichever part of a long table they are in (a model-written description comes as a chunk of its own
+besides). A Markdown table's own text would put the header only in the first window, and pad every
+cell with spaces that cost the embedder's 256 word pieces.
 """
 
 from __future__ import annotations
+
+import re
 
 from pydantic import BaseModel, Field
 
@@ -67,6 +75,81 @@ def _transcript_windows(blocks: list[Block], size: int, window_s: float) -> list
     return windows
 
 
+_SEPARATOR = re.compile(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?$")
+
+
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")  # [text](target) -> text
+_COMMENT = re.compile(r"<!--.*?-->")
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|"):
+        line = line[:-1]
+    return [" ".join(_COMMENT.sub(" ", _LINK.sub(r"\1", c)).split()) for c in line.split("|")]
+
+
+def table_rows(md: str) -> tuple[list[str], list[list[str]], str] | None:
+    """(column names, rows of cells, title) of a Markdown table, or None when `md` is not one. Header
+    lines above the separator are joined per column ("Sales / 2015"); a header that is one name over
+    every column (a merged title cell, as in an infobox) is the table's title, its columns unnamed.
+    Link targets and HTML comments are dropped from cells (their text stays)."""
+    lines = [ln for ln in md.strip().splitlines() if ln.strip()]
+    sep = next((i for i, ln in enumerate(lines) if _SEPARATOR.match(ln.strip())), None)
+    if not sep or not all(ln.lstrip().startswith("|") for ln in lines[:sep]):
+        return None
+    heads = [_cells(ln) for ln in lines[:sep]]
+    width = max(len(h) for h in heads)
+    cols = []
+    for c in range(width):
+        names = list(dict.fromkeys(h[c] for h in heads if c < len(h) and h[c]))
+        cols.append(" / ".join(names))
+    rows = [_cells(ln) for ln in lines[sep + 1 :] if ln.lstrip().startswith("|")]
+    title = ""
+    if len(cols) > 1 and len(set(cols)) == 1:
+        title, cols = cols[0], [""] * len(cols)
+    return (cols, rows, title) if rows else None
+
+
+def row_text(cols: list[str], cells: list[str]) -> str:
+    """One row as "column: value" pairs; a cell under no name stands alone (after a "Key:" cell it
+    reads "Key: value"); empty cells and a merged cell's copies (the same value again under the same
+    or no column name) are left out."""
+    out, prev = "", ("", None)
+    for i, v in enumerate(cells):
+        name = cols[i] if i < len(cols) else ""
+        if not v or (v, name) == prev or (v == prev[0] and not name):
+            continue  # empty, or a merged cell's copy under the same (or no) column name
+        prev = (v, name)
+        part = f"{name}: {v}" if name and name != v else v
+        out = part if not out else f"{out} {part}" if out.endswith(":") else f"{out}; {part}"
+    return out
+
+
+def _table_windows(head: str, cols: list[str], rows: list[list[str]], size: int) -> list[str]:
+    """`head` then as many row lines as fit in `size` tokens, repeated per window; a row longer than
+    a window is cut into windows of its own."""
+    out, cur, used = [], [], TOKENIZER.count(head)
+    for cells in rows:
+        line = row_text(cols, cells)
+        if not line:
+            continue
+        n = TOKENIZER.count(line)
+        if cur and used + n > size:
+            out.append("\n".join([head, *cur]))
+            cur, used = [], TOKENIZER.count(head)
+        if n > size:
+            out += [f"{head}\n{w}" for w in _windows(line, max(size - used, 32), 0)]
+            continue
+        cur.append(line)
+        used += n
+    if cur:
+        out.append("\n".join([head, *cur]))
+    return out
+
+
 def chunk_document(doc: ParsedDocument, size: int = 180, overlap: int = 30, window_s: float = 45.0) -> list[Chunk]:
     chunks: list[Chunk] = []
     transcript = [b for b in doc.blocks if b.kind == BlockKind.TRANSCRIPT and b.t_start is not None]
@@ -110,9 +193,17 @@ def chunk_document(doc: ParsedDocument, size: int = 180, overlap: int = 30, wind
             continue  # chunked by time window above
         if b.kind.is_modal:
             flush()
-            text = b.searchable_text()
-            for w in _windows(text, size, overlap):
-                emit(w, [b], b.kind.value)
+            table = table_rows(b.text) if b.kind == BlockKind.TABLE else None
+            if table is None or b.description_source in ("llm", "vlm"):  # a model's words about it
+                for w in _windows(b.searchable_text(), size, overlap):
+                    emit(w, [b], b.kind.value)
+            if table is not None:
+                cols, rows, title = table
+                name = b.caption.strip() or title
+                label = name if name.lower().startswith("tab") else f"Table: {name}" if name else "Table:"
+                head = f"{b.section}\n{label}" if b.section and b.section not in label else label
+                for w in _table_windows(head, cols, rows, size):
+                    emit(w, [b], "table")
             continue
         if not b.text.strip():
             continue
