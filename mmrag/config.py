@@ -114,6 +114,13 @@ class Settings:
     rerank_url: str = ""
     rerank_api_key: str = ""  # "" = MMRAG_LLM_API_KEY
     rerank_top_n: int = 20
+    # Visual page retrieval (mmrag.models.page_embed): PDF pages rendered at page_dpi and embedded by a
+    # server's multimodal embedding model (one vector per page), searched with the question embedded
+    # by the same model; "" = off (the default).
+    page_embed_model: str = ""
+    page_embed_url: str = ""  # "" = MMRAG_TEXT_EMBED_URL, else MMRAG_LLM_URL
+    page_embed_api_key: str = ""  # "" = MMRAG_LLM_API_KEY
+    page_dpi: int = 96
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -175,6 +182,10 @@ class Settings:
             rerank_url=env.get("MMRAG_RERANK_URL", d.rerank_url).strip(),
             rerank_api_key=env.get("MMRAG_RERANK_API_KEY", d.rerank_api_key),
             rerank_top_n=_int(env, "MMRAG_RERANK_TOP_N", d.rerank_top_n),
+            page_embed_model=env.get("MMRAG_PAGE_EMBED_MODEL", d.page_embed_model).strip(),
+            page_embed_url=env.get("MMRAG_PAGE_EMBED_URL", d.page_embed_url).strip(),
+            page_embed_api_key=env.get("MMRAG_PAGE_EMBED_API_KEY", d.page_embed_api_key),
+            page_dpi=_int(env, "MMRAG_PAGE_DPI", d.page_dpi),
         )
 
     def with_(self, **kw) -> "Settings":
@@ -234,4 +245,6 @@ class Settings:
             relevant["gleaning"] = self.graph_gleaning
         if self.llm_url:  # the graph is extracted from other text when the units change
             relevant["graph_units"] = self.graph_unit_tokens
+        if self.page_embed_model:  # only when on: the default keeps fingerprints as they were
+            relevant["page_embed"] = [self.page_embed_model, self.page_dpi]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -4,7 +4,7 @@
 from dagster import AssetExecutionContext, asset
 
 from mmrag.index.stages import embed_stage
-from mmrag.models import usage
+from mmrag.models import factory, usage
 from mmrag_assets._meta import outcome_counts, outcome_row, per_file, report_usage
 from mmrag_assets.partitions import source_files
 from mmrag_resources.data_dir import DataDirResource
@@ -20,16 +20,19 @@ def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_fil
     s = text_embedder.settings()
     text = text_embedder.embedder(llm.client())
     image = image_embedder.embedder()
+    page = factory.page_embedder(s)  # visual page retrieval: off unless MMRAG_PAGE_EMBED_MODEL is set
     out, rows = {}, []
     with usage.metered() as meter:  # served embedders' requests (a local model's use no server)
         try:
             for key in context.partition_keys:
                 with usage.for_file(key):
                     out[key] = emb = embed_stage(modal_descriptions[key], raw_files[key], text, image, s.chunk_size,
-                                                 s.chunk_overlap, s.transcript_window_s)
+                                                 s.chunk_overlap, s.transcript_window_s, page, s.page_dpi)
                 if (row := outcome_row(key, emb)) is None:
                     n_img = 0 if emb.image_vectors is None else len(emb.image_vectors)
-                    row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images" + "".join(f"; {n}" for n in emb.notes))
+                    pages = f", {len(emb.page_chunks)} page images" if emb.page_vectors is not None else ""
+                    row = (key, "embedded", f"{len(emb.chunks)} text chunks, {n_img} images{pages}"
+                           + "".join(f"; {n}" for n in emb.notes))
                 rows.append(row)
         finally:
             spent = report_usage(context, meter, data_dir.manifest())
@@ -39,6 +42,7 @@ def embeddings(context: AssetExecutionContext, modal_descriptions: dict, raw_fil
         image_model = f"unknown: {type(e).__name__}: {e}"
     context.add_output_metadata({
         **outcome_counts(out), "text_model": text.model_name, "image_model": image_model,
+        "page_model": f"{page.model} at {page.where}" if page else "off",
         **spent, **per_file(context, rows),
     })
     return out

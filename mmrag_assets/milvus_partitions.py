@@ -1,4 +1,5 @@
-"""milvus_partitions: each file's rows in the text and image collections, replaced idempotently.
+"""milvus_partitions: each file's rows in the text and image collections (and the page collection when
+visual page retrieval is on), replaced idempotently.
 
 Row ids derive from (file key, chunk id, content hash), so re-indexing an unchanged file rewrites
 the same ids; a changed file's surplus rows are deleted after the new ones are in. A file that was
@@ -8,7 +9,7 @@ A file whose rows are written is recorded as `indexing`, not `indexed`: it count
 when the graph step has committed its contributions too (`lightrag_graph` writes the final status,
 handed on as the output's `WrittenFile.outcome`). A run that dies in between leaves the file stale.
 
-Asset check `rows_match_stage_output`, per file written: the ids in Milvus (both collections) are
+Asset check `rows_match_stage_output`, per file written: the ids in Milvus (every collection) are
 exactly the ids of the rows this stage produced for this version, none of an older one. A file that
 fails it goes no further (no graph step) and is recorded as a transient failure, retried later.
 """
@@ -18,8 +19,14 @@ import time
 from dagster import AssetExecutionContext, Output, asset
 
 from mmrag.faults import crash_point, plant_point
-from mmrag.index.milvus_store import IMAGE, TEXT
-from mmrag.index.stages import DEGRADED, FileOutcome, WrittenFile, milvus_rows
+from mmrag.index.milvus_store import COLLECTIONS, IMAGE, PAGE, TEXT
+from mmrag.index.stages import (
+    DEGRADED,
+    FileOutcome,
+    WrittenFile,
+    milvus_rows,
+    page_rows,
+)
 from mmrag.manifest import TRANSIENT, FileRecord, Status, record_outcome
 from mmrag_assets._checks import MILVUS_CHECK, evaluations, spec
 from mmrag_assets._meta import outcome_counts, per_file
@@ -48,6 +55,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
     roots = manifest.sources()
     store = None  # opened for the first file with rows (the embedders' dims are known by then)
     out, rows, expected = {}, [], {}
+    page_dim = 0  # the page collection, checked for the first file with page rows
     for key in context.partition_keys:
         emb = embeddings[key]
         source, _, rel = key.partition(":")
@@ -63,11 +71,17 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
             rows.append((key, emb.status, emb.reason + (f" (kept {rec.text_rows} existing rows)" if rec.text_rows else "")))
             continue
         text_rows, image_rows = milvus_rows(emb)
+        pages = page_rows(emb)
         if store is None:
             image = image_embedder.embedder()
             store = milvus.index(text_embedder.embedder(llm.client()).dim, image.dim if image.enabled else None)
+        if pages and not page_dim:
+            page_dim = len(pages[0].vector)
+            store.ensure_pages(page_dim)
         t = store.replace_file(TEXT, key, text_rows)
         i = store.replace_file(IMAGE, key, image_rows) if store.has(IMAGE) else {"upserted": 0, "deleted": 0}
+        if pages or store.has(PAGE):  # (turned off: the file's earlier page rows go)
+            store.replace_file(PAGE, key, pages)
         raw = emb.raw
         rec.root = raw.root
         # partial = indexed with extractive descriptions after model errors: a transient failure
@@ -84,16 +98,18 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
         manifest.upsert(rec)
         crash_point("milvus")
         plant_point("milvus", key, store)
-        expected[key] = ({r.id for r in text_rows}, {r.id for r in image_rows}, rec)
+        expected[key] = ({TEXT: {r.id for r in text_rows}, IMAGE: {r.id for r in image_rows},
+                          PAGE: {r.id for r in pages}}, rec)
         out[key] = WrittenFile(True, commit, prior, len(text_rows), len(image_rows))
         rows.append((key, commit.status, f"{len(text_rows)} text rows ({t['deleted']} stale removed), "
-                                         f"{len(image_rows)} image rows ({i['deleted']} stale removed)"))
+                                         f"{len(image_rows)} image rows ({i['deleted']} stale removed)"
+                                         + (f", {len(pages)} page rows" if pages else "")))
     if store is not None:
         store.flush()
     checks, t_check = {}, time.perf_counter()
-    for key, (want_text, want_image, rec) in expected.items():
-        passed, why = rows_match(store, key, want_text, want_image)
-        checks[key] = (passed, why, {"text_rows": len(want_text), "image_rows": len(want_image)})
+    for key, (want, rec) in expected.items():
+        passed, why = rows_match(store, key, want)
+        checks[key] = (passed, why, {f"{m}_rows": len(ids) for m, ids in want.items() if ids or m != PAGE})
         if not passed:  # kept from the graph step; the next sync writes it again
             context.log.error(f"{key}: {why}")
             outcome = record_outcome(Status.FAILED, f"milvus check: {why}", kind=TRANSIENT, now=now,
@@ -108,15 +124,17 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
     yield from evaluations("milvus_partitions", MILVUS_CHECK, checks)
 
 
-def rows_match(store, key: str, want_text: set[str], want_image: set[str]) -> tuple[bool, str]:
-    """Whether the file's ids in both collections are exactly the wanted ones, and how not."""
+def rows_match(store, key: str, want: dict[str, set[str]]) -> tuple[bool, str]:
+    """Whether the file's ids in every collection are exactly the wanted ones, and how not."""
     why = []
-    for modality, want in ((TEXT, want_text), (IMAGE, want_image)):
+    for modality in COLLECTIONS:
+        ids = want.get(modality, set())
         have = set(store.ids_for_file(modality, key)) if store.has(modality) else set()
-        if missing := want - have:
-            why.append(f"{len(missing)} of {len(want)} {modality} rows missing")
-        if extra := have - want:
+        if missing := ids - have:
+            why.append(f"{len(missing)} of {len(ids)} {modality} rows missing")
+        if extra := have - ids:
             why.append(f"{len(extra)} {modality} rows of another version")
     if why:
         return False, "; ".join(why)
-    return True, f"{len(want_text)} text and {len(want_image)} image rows, exactly this version's"
+    pages = f" and {len(want[PAGE])} page" if want.get(PAGE) else ""
+    return True, f"{len(want[TEXT])} text, {len(want[IMAGE])} image{pages} rows, exactly this version's"

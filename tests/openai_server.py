@@ -2,7 +2,8 @@
 
 `FakeOpenAIServer` listens on 127.0.0.1 (a free port) in a daemon thread and answers
 `GET /v1/models`, `POST /v1/chat/completions` (text and vision messages, non-streaming) and
-`POST /v1/embeddings` in the OpenAI JSON shapes, and vLLM's cross-encoder routes `POST /v1/rerank`
+`POST /v1/embeddings` in the OpenAI JSON shapes (also vLLM's `messages` form for a multimodal
+embedder: `image_embedder` gives a page image's vector), and vLLM's cross-encoder routes `POST /v1/rerank`
 (Jina/Cohere shape) and `POST /v1/score` (`rerank_routes` says which it has; `scorer` scores a
 (query, passage) pair, default `overlap_score`). Tests script it: `responder` writes the assistant
 text, `embedder` the vectors (default `fake_embedding`: a hash of the text, without meaning),
@@ -141,6 +142,8 @@ class FakeOpenAIServer:
         self.responder: Callable[[dict], str] = default_responder
         self.embedder: Callable[[str, int], list[float]] = fake_embedding  # (text, dim) -> vector
         self.scorer: Callable[[str, str], float] = overlap_score  # (query, passage) -> relevance
+        # vLLM's multimodal embeddings (`messages` instead of `input`): (the request's image data URL, dim) -> vector
+        self.image_embedder: Callable[[str, int], list[float]] = fake_embedding
         self.rerank_routes: set[str] = {"/v1/rerank", "/v1/score"}  # vLLM's cross-encoder routes served
         self.fault_fn: Callable[[Recorded], Fault | None] | None = None
         self._faults: deque[Fault] = deque()
@@ -399,6 +402,9 @@ class _Handler(BaseHTTPRequestHandler):
         })  # fmt: skip
 
     def _embeddings(self, req: dict, rec: Recorded) -> None:
+        if "messages" in req and "input" not in req:  # vLLM's chat-style input of a multimodal embedder
+            self._embed_messages(req, rec)
+            return
         inputs = req.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -418,6 +424,24 @@ class _Handler(BaseHTTPRequestHandler):
             "model": req.get("model"), "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
         })  # fmt: skip
+
+    def _embed_messages(self, req: dict, rec: Recorded) -> None:
+        """One embedding of a `messages` request (one user message with an inline image), as vLLM
+        serves a multimodal embedding model (DSE, VLM2Vec): the image's data URL goes to `image_embedder`."""
+        parts = image_parts(req)
+        if len(parts) != 1:
+            self._error(400, f"expected one image in the messages, got {len(parts)}")
+            return
+        url = (parts[0].get("image_url") or {}).get("url", "")
+        if not url.startswith("data:image/") or ";base64," not in url:
+            self._error(400, "only inline data:image/...;base64 URLs are accepted (no fetching)")
+            return
+        tokens = len(prompt_text(req).split()) + 256  # a page image costs its patches
+        rec.usage = {"prompt_tokens": tokens, "completion_tokens": 0, "images": 1}
+        vec = self.fake.image_embedder(url, self.fake.embedding_dim)
+        self._send(200, {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                         "model": req.get("model"), "data": [{"object": "embedding", "index": 0, "embedding": vec}],
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}})
 
     def _rerank(self, req: dict, rec: Recorded, path: str) -> None:
         """vLLM's /v1/rerank (query + documents -> results[index, relevance_score], best first, cut to

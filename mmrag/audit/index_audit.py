@@ -25,7 +25,7 @@ from pathlib import Path
 from mmrag.config import Settings
 from mmrag.graph.scope import REL_SEP
 from mmrag.index.gc import _names
-from mmrag.index.milvus_store import IMAGE, TEXT
+from mmrag.index.milvus_store import COLLECTIONS, PAGE, TEXT
 from mmrag.index.stage_files import STAGES, load_output, stage_file_name
 from mmrag.index.stages import EmbeddedFile, FileOutcome, RawFile, expected_row_ids
 from mmrag.manifest import IN_INDEX, FileRecord, Manifest, Status
@@ -200,13 +200,13 @@ def _stage_outputs(rep: AuditReport, settings: Settings, all_records: dict[str, 
 
 def _milvus(rep: AuditReport, settings: Settings, all_records: dict[str, FileRecord], records: dict[str, FileRecord],
             outputs: dict, mine) -> set[str]:
-    """Every row of both collections against what each file's stage output says it has."""
+    """Every row of every collection against what each file's stage output says it has."""
     from mmrag.models import factory
 
     store = factory.milvus_store(settings)
     image_paths: set[str] = set()
     rows = 0
-    for modality in (TEXT, IMAGE):
+    for modality in COLLECTIONS:
         ids: dict[str, list[str]] = {}
         for r in store.all_rows(modality, ["file_key", "image_path"]):
             rows += 1
@@ -223,15 +223,15 @@ def _milvus(rep: AuditReport, settings: Settings, all_records: dict[str, FileRec
             have = set(ids.get(key, ()))
             emb = outputs.get(key, (None, None))[1]
             if rec.status in IN_INDEX and isinstance(emb, EmbeddedFile) and emb.raw.content_hash == rec.content_hash:
-                want = set(expected_row_ids(emb)[0 if modality == TEXT else 1])
+                want = set(expected_row_ids(emb)[modality])
                 if missing := want - have:
                     rep.add("missing", "milvus", key, f"{len(missing)} of {len(want)} {modality} rows", REINDEX)
                 if extra := have - want:
                     rep.add("stale", "milvus", key, f"{len(extra)} {modality} rows of another version", REINDEX)
             else:  # failed or skipped: it keeps its earlier rows (or its stage output is reported above)
                 want_n = rec.text_rows if modality == TEXT else rec.image_rows
-                if rec.status in (Status.PENDING, Status.INDEXING):
-                    continue  # a run in flight (or killed): the folder part names it
+                if rec.status in (Status.PENDING, Status.INDEXING) or modality == PAGE:
+                    continue  # a run in flight (or killed): the folder part names it; page rows: not counted
                 if len(have) != (want_n or 0):
                     rep.add("missing" if len(have) < (want_n or 0) else "stale", "milvus", key,
                             f"{len(have)} {modality} rows, the manifest says {want_n or 0}", REINDEX)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from mmrag.audit.index_audit import CLEANUP, GC, REINDEX, AuditReport
 from mmrag.config import Settings
-from mmrag.index.milvus_store import IMAGE, TEXT
+from mmrag.index.milvus_store import COLLECTIONS
 from mmrag.manifest import Status
 
 INDEX_JOBS = ("ingest_job", "cleanup_job")
@@ -52,7 +52,7 @@ def repair(settings: Settings, report: AuditReport, instance, *, sync: Callable[
     orphans = report.orphans
     if rows := orphans.get("milvus"):
         store = factory.milvus_store(settings)
-        for modality in (TEXT, IMAGE):
+        for modality in COLLECTIONS:
             done["milvus_rows_deleted"] += store.delete_ids(modality, sorted(set(rows.get(modality, ()))))
         store.flush()
     if graph := orphans.get("graph"):

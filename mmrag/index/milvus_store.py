@@ -1,4 +1,5 @@
-"""The two Milvus collections (text, image) and idempotent per-file writes.
+"""The Milvus collections (text, image; page when visual page retrieval is on) and idempotent
+per-file writes.
 
 One `MilvusClient` per URI per process. With Milvus Lite (a local path) the data dir is locked by
 the first process that opens it until that process exits, so opening it from a second process
@@ -24,6 +25,8 @@ _loaded_collections: set[tuple[str, str]] = set()
 
 TEXT = "text"
 IMAGE = "image"
+PAGE = "page"  # one vector per rendered PDF page (mmrag.models.page_embed), when it is on
+COLLECTIONS = (TEXT, IMAGE, PAGE)
 MAX_TEXT = 65535
 _INSERT_BATCH = 2000
 
@@ -177,6 +180,10 @@ class MilvusStore:
         if image_dim:
             self._ensure(IMAGE, image_dim, bm25=False)
 
+    def ensure_pages(self, dim: int) -> None:
+        """The page collection (visual page retrieval), as `ensure_collections`."""
+        self._ensure(PAGE, dim, bm25=False)
+
     def _ensure(self, modality: str, dim: int, bm25: bool) -> None:
         from pymilvus import DataType, Function, FunctionType
 
@@ -238,14 +245,14 @@ class MilvusStore:
     def flush(self) -> None:
         """Seal what was written so it is indexed: on Milvus Lite, searches over unsealed rows run
         ~30× slower (10k rows: p50 1118 ms before, 37 ms after), also in the writing process."""
-        for modality in (TEXT, IMAGE):
+        for modality in COLLECTIONS:
             name = self.collection(modality)
             if self.client.has_collection(name):
                 self.client.flush(name)
 
     def delete_file(self, file_key: str) -> int:
         n = 0
-        for modality in (TEXT, IMAGE):
+        for modality in COLLECTIONS:
             name = self.collection(modality)
             if self.client.has_collection(name):
                 ids = self.ids_for_file(modality, file_key)

@@ -73,6 +73,8 @@ class EmbeddedFile:
     image_chunks: list[Chunk] = field(default_factory=list)
     image_vectors: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    page_chunks: list[Chunk] = field(default_factory=list)  # rendered PDF pages (visual page retrieval)
+    page_vectors: np.ndarray | None = None
 
 
 def snapshot_file(file_key: str, source: str, root: str, rel_path: str, blobs: BlobStore) -> RawFile | FileOutcome:
@@ -134,17 +136,33 @@ def parse_stage(raw: RawFile | FileOutcome, parse) -> ParsedDocument | FileOutco
 
 
 def embed_stage(doc: ParsedDocument | FileOutcome, raw: RawFile | FileOutcome, text_embedder, image_embedder,
-                chunk_size: int, chunk_overlap: int, window_s: float = 45.0) -> EmbeddedFile | FileOutcome:
+                chunk_size: int, chunk_overlap: int, window_s: float = 45.0, page_embedder=None,
+                page_dpi: int = 96) -> EmbeddedFile | FileOutcome:
+    """Chunks and their vectors, the pictures' CLIP vectors, and with `page_embedder` (visual page
+    retrieval, `mmrag.models.page_embed`) one vector per rendered page of a PDF."""
     if isinstance(doc, FileOutcome):
         return doc
     chunks = chunk_document(doc, chunk_size, chunk_overlap, window_s)
     try:
         vectors, image_chunks, image_vectors, notes = _embed(doc, chunks, text_embedder, image_embedder)
+        page_chunks, page_vectors = _embed_pages(doc, raw, page_embedder, page_dpi)
     except Exception as e:  # one file's failure must not stop the run's other files
         transient = getattr(e, "retryable", False) or isinstance(e, (ConnectionError, TimeoutError))
         return FileOutcome(doc.file_key, Status.FAILED, f"embedding failed: {type(e).__name__}: {e}",
                            raw.content_hash, raw.size, raw.mtime, failure_kind=TRANSIENT if transient else CONTENT)
-    return EmbeddedFile(doc, raw, chunks, vectors, image_chunks, image_vectors, notes)
+    return EmbeddedFile(doc, raw, chunks, vectors, image_chunks, image_vectors, notes, page_chunks, page_vectors)
+
+
+def _embed_pages(doc: ParsedDocument, raw: RawFile, page_embedder, dpi: int):
+    """A PDF's pages rendered from the snapshot and embedded whole; nothing for other files."""
+    if page_embedder is None or doc.mime != "application/pdf":
+        return [], None
+    from mmrag.models.page_embed import render_pages
+
+    pages = render_pages(Path(raw.snapshot), dpi, max_pages=doc.pages or 10_000)
+    chunks = [Chunk(id=f"p{i:05d}", text=f"{doc.rel_path} p.{i + 1}", block_ids=[], modality="page", page=i)
+              for i, _ in pages]
+    return chunks, page_embedder.embed_pages([png for _, png in pages])
 
 
 def _embed(doc: ParsedDocument, chunks: list[Chunk], text_embedder, image_embedder):
@@ -194,13 +212,32 @@ def milvus_rows(emb: EmbeddedFile):
     return text_rows, image_rows
 
 
+def page_rows(emb: EmbeddedFile):
+    """Rows for the page collection (visual page retrieval): one per rendered page; ids change with
+    the file's bytes."""
+    from mmrag.index.milvus_store import Row
+
+    doc = emb.doc
+    if emb.page_vectors is None:
+        return []
+    return [Row(id=_page_row_id(emb, c), file_key=doc.file_key, source=doc.source, modality="page", text=c.text,
+                vector=[float(x) for x in v], page=c.page, parser=f"{doc.parser} {doc.parser_version}",
+                pipeline_version=PIPELINE_VERSION, chunk_id=c.id)
+            for c, v in zip(emb.page_chunks, emb.page_vectors)]
+
+
 def _row_id(file_key: str, c: Chunk) -> str:
     return row_id(file_key, c.id, c.content_hash + image_ref(c.image_path))
 
 
-def expected_row_ids(emb: EmbeddedFile) -> tuple[list[str], list[str]]:
-    """The ids `milvus_rows` gives the file's text and image rows (the index audit, the asset check)."""
+def _page_row_id(emb: EmbeddedFile, c: Chunk) -> str:
+    return row_id(emb.doc.file_key, c.id, emb.raw.content_hash)
+
+
+def expected_row_ids(emb: EmbeddedFile) -> dict[str, list[str]]:
+    """The ids the file's rows get in each collection (`milvus_rows`, `page_rows`): the index audit
+    and the asset check compare them with what Milvus holds."""
     fk = emb.doc.file_key
-    text = [_row_id(fk, c) for c in emb.chunks[:len(emb.text_vectors)]]
-    image = [_row_id(fk, c) for c in emb.image_chunks] if emb.image_vectors is not None else []
-    return text, image
+    return {"text": [_row_id(fk, c) for c in emb.chunks[:len(emb.text_vectors)]],
+            "image": [_row_id(fk, c) for c in emb.image_chunks] if emb.image_vectors is not None else [],
+            "page": [_page_row_id(emb, c) for c in emb.page_chunks] if emb.page_vectors is not None else []}

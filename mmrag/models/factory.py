@@ -161,6 +161,30 @@ def reranker(settings: Settings):
         return model
 
 
+def page_embedder(settings: Settings):
+    """The multimodal page embedder of `MMRAG_PAGE_EMBED_MODEL` on its server (MMRAG_PAGE_EMBED_URL,
+    else the text embedding server, else the LLM server), or None (off, the default)."""
+    s = settings
+    if not s.page_embed_model:
+        return None
+    url = s.page_embed_url or s.text_embed_url or s.llm_url
+    if not url:
+        raise ValueError("MMRAG_PAGE_EMBED_MODEL needs a server: set MMRAG_PAGE_EMBED_URL (or MMRAG_LLM_URL)")
+    from mmrag.models.page_embed import ServedPageEmbedder
+
+    api_key = s.page_embed_api_key or s.llm_api_key
+    key = ("page", s.page_embed_model, url, api_key, s.llm_timeout_s, s.llm_retries)
+    with _guard:
+        model = _embedders.get(key)
+        if model is None:
+            from mmrag.models.llm import LLMClient
+
+            server = LLMClient(url, s.page_embed_model, api_key=api_key, concurrency=s.llm_concurrency,
+                               timeout_s=s.llm_timeout_s, retries=s.llm_retries)
+            model = _embedders[key] = ServedPageEmbedder(server, s.page_embed_model)
+        return model
+
+
 def _service(s: Settings) -> "LLMClient":
     """The client of the warm embedding service (`mmrag.serve.embeddings`)."""
     from mmrag.models.llm import LLMClient

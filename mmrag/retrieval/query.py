@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 
 from mmrag.config import Settings
-from mmrag.index.milvus_store import IMAGE, TEXT, MilvusStore, quote
+from mmrag.index.milvus_store import IMAGE, PAGE, TEXT, MilvusStore, quote
 
 log = logging.getLogger(__name__)
 MODES = ("naive", "local", "global", "hybrid", "mix")
@@ -289,16 +289,55 @@ def page_list(hits: list[dict], fused_pages: list[dict] | None, rerank_info: dic
     return list(out.values())[:k]
 
 
+RRF_K = 60  # reciprocal-rank fusion of the text and visual page rankings (Cormack et al.'s constant)
+
+
+def visual_pages(page_embedder, store: MilvusStore, question: str, depth: int, flt: str) -> tuple[list[dict], dict]:
+    """Pages by the multimodal model's similarity of the question to the rendered page (the page
+    collection), and what the search did: model, where, candidates, ms, or the error (a server fault
+    leaves the text ranking alone)."""
+    info: dict = {"model": page_embedder.model, "where": page_embedder.where}
+    t0 = time.perf_counter()
+    try:
+        qv = page_embedder.embed_queries([question])[0].tolist()
+        found = store.search(PAGE, qv, depth, flt)
+    except Exception as e:  # noqa: BLE001 - the page model is down: the text ranking stands
+        log.warning("visual page search with %s failed: %s", page_embedder.model, e)
+        info.update(error=f"{type(e).__name__}: {e}"[:300], ms=round((time.perf_counter() - t0) * 1000, 1))
+        return [], info
+    info.update(candidates=len(found), ms=round((time.perf_counter() - t0) * 1000, 1))
+    return [{"file_key": h["file_key"], "page": int(h["page"]), "score": float(h["score"])} for h in found], info
+
+
+def fuse_pages(text_pages: list[dict], visual: list[dict], k: int) -> list[dict]:
+    """The text page ranking and the visual one, fused by reciprocal rank (their scores are on
+    unrelated scales); each page keeps its `visual_score` where the visual search found it."""
+    fused: dict[tuple, dict] = {}
+    for rank, p in enumerate(text_pages):
+        fused[(f"{p['source']}:{p['file']}", p["page"])] = {**p, "score": 1 / (RRF_K + rank + 1)}
+    for rank, v in enumerate(visual):
+        key = (v["file_key"], v["page"])
+        if key not in fused:
+            source, _, rel = v["file_key"].partition(":")
+            fused[key] = {"file": rel, "source": source, "page": v["page"], "score": 0.0}
+        fused[key]["score"] += 1 / (RRF_K + rank + 1)
+        fused[key]["visual_score"] = round(v["score"], 6)
+    out = sorted(fused.values(), key=lambda p: -p["score"])[:k]
+    return [{**p, "score": round(p["score"], 6)} for p in out]
+
+
 def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
              modalities=None, text_search: str = "hybrid", with_images: bool = True, image_k: int = 3,
              text_embedder=None, image_embedder=None, graph=None, store: MilvusStore | None = None,
-             reranker=None) -> dict:
+             reranker=None, page_embedder=None) -> dict:
     """{"hits": [...], "pages": [...], "graph_context": str, "mode", "rerank": {...} | None,
     "timings_ms": {...}}: top-k text hits, the top-k pages among them (`page_list`), then up to
     `image_k` image hits (when "image" is among `modalities` or no modality
     filter is set), then the graph context of `mode`. `graph`: an open GraphStore to reuse (else one
     is opened if needed). `reranker`: default the settings' (`factory.reranker`; None = off); it
-    re-scores the top `settings.rerank_top_n` text candidates (`rerank`)."""
+    re-scores the top `settings.rerank_top_n` text candidates (`rerank`). `page_embedder`: default
+    the settings' (`factory.page_embedder`; None = off): the visual page ranking, fused with the
+    text one (`fuse_pages`); `visual_pages` says what it did."""
     from mmrag.models import factory
 
     if mode not in MODES:
@@ -316,7 +355,7 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
     depth = max(top_k, top_n)  # the reranker sees its N candidates whatever top_k is
     hits: list[dict] = []
     pages: list[dict] = []
-    rerank_info = None
+    rerank_info = visual_info = None
     if not modalities or text_modalities:
         fused_pages = None
         if text_search == "bm25":
@@ -332,8 +371,15 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
         if top_n:
             hits, rerank_info = rerank(reranker, question, hits, top_n)
             timings["rerank"] = rerank_info["ms"]
-        pages = page_list(hits, fused_pages, rerank_info, top_k)
+        pages = page_list(hits, fused_pages, rerank_info, depth)
         hits = hits[:top_k]
+        page_embedder = page_embedder or factory.page_embedder(settings)
+        if page_embedder is not None and store.has(PAGE):
+            visual, visual_info = visual_pages(page_embedder, store, question, depth,
+                                               build_filter(settings, sources, files))
+            timings["pages"] = visual_info["ms"]
+            pages = fuse_pages(pages, visual, depth)
+        pages = pages[:top_k]
     else:
         timings["text"] = (time.perf_counter() - t0) * 1000
     if with_images and image_k > 0 and (not modalities or IMAGE in modalities) and store.has(IMAGE):
@@ -354,6 +400,7 @@ def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "
         context = graph.query_context(question, mode=mode, top_k=max(top_k, 10), sources=sources or None)
         timings["graph"] = (time.perf_counter() - t2) * 1000
     return {"hits": hits, "pages": pages, "graph_context": context, "mode": mode, "rerank": rerank_info,
+            "visual_pages": visual_info,
             "timings_ms": {k: round(v, 1) for k, v in timings.items()}}
 
 

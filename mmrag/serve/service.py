@@ -50,13 +50,15 @@ class Turn:
     usage: dict = field(default_factory=dict)  # the model requests of this question (mmrag.models.usage.summary)
     pages: list = field(default_factory=list)  # the best pages among the text hits (`retrieve`'s "pages")
     rerank: dict | None = None  # the rerank stage: model, where, candidates, ms (or error); None = off
+    visual_pages: dict | None = None  # the visual page search: model, where, candidates, ms (or error); None = off
 
     def to_json(self) -> dict:
         """The object `mmrag query --json` prints (and `POST /v1/query` returns)."""
         a = self.answer
         return {"hits": self.hits, "pages": self.pages, "answer": a.text if a else None, "citations": a.citations if a else [],
                 "answer_status": a.status if a else None, "model": a.model if a else None,
-                "mode": self.mode, "graph_context": self.graph_context, "usage": self.usage, "rerank": self.rerank}
+                "mode": self.mode, "graph_context": self.graph_context, "usage": self.usage, "rerank": self.rerank,
+                "visual_pages": self.visual_pages}
 
 
 class QueryService:
@@ -117,7 +119,8 @@ class QueryService:
                            reranker=self.reranker())
             ans = write_answer(question, res["hits"], self.llm(), graph_context=res["graph_context"]) if answer else None
         return Turn(res["hits"], res["graph_context"], mode, ans, res.get("timings_ms", {}),
-                    usage.summary(meter.snapshot(), self.prices()), res.get("pages", []), res.get("rerank"))
+                    usage.summary(meter.snapshot(), self.prices()), res.get("pages", []), res.get("rerank"),
+                    res.get("visual_pages"))
 
     def prices(self):
         """MMRAG_PRICES, or None when it is unset or unreadable (a query never fails for it)."""
