@@ -9,7 +9,12 @@ hold that many distinct rows. Writes go through `MilvusStore.replace_file` (the 
 Queries: the slice's 81 real questions, through `mmrag.retrieval.query.retrieve` (the CLI's function), with
 images and graph off. The first query of each process is reported apart (load + warm-up).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/query.py [--sizes 10000,100000] [--json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/query.py [--sizes 10000,100000] [--rerank-top-n 20] [--json]
+
+Rerank: the same questions again with the rerank stage on (`--rerank-top-n`, 0 = skip), against the
+loopback model server's `/v1/rerank` (tests/openai_server.py, its word-overlap scorer): what the
+stage costs in mmrag (request, JSON, re-ordering), not a cross-encoder's compute, which a real
+server adds (a GPU cross-encoder scores 20 passages in a few ms to tens of ms).
 
 A Milvus Lite data dir admits one process at a time, so the writer exits before the fresh process
 opens the same dir.
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 EVAL = REPO.parent / "shared" / "eval" / "mmlongbench"
 
 
@@ -49,7 +54,7 @@ def questions() -> list[str]:
     return [json.loads(line)["question"] for line in (EVAL / "samples.jsonl").read_text().splitlines() if line.strip()]
 
 
-def measure(settings, prefix: str) -> dict:
+def measure(settings, prefix: str, rerank_top_n: int = 0) -> dict:
     from mmrag.models import factory
     from mmrag.retrieval.query import retrieve
 
@@ -66,8 +71,35 @@ def measure(settings, prefix: str) -> dict:
         retrieve(s, q, top_k=10, with_images=False, text_embedder=te, store=store)
         lat.append((time.perf_counter() - t0) * 1000)
     lat.sort()
-    return {"first_ms": round(first, 1), "p50_ms": round(statistics.median(lat), 1),
-            "p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1), "queries": len(lat)}
+    out = {"first_ms": round(first, 1), "p50_ms": round(statistics.median(lat), 1),
+           "p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1), "queries": len(lat)}
+    if rerank_top_n:
+        out["rerank"] = measure_rerank(s, qs, te, store, rerank_top_n, out["p50_ms"])
+    return out
+
+
+def measure_rerank(s, qs: list[str], te, store, top_n: int, plain_p50: float) -> dict:
+    """The questions again with the rerank stage on, against the loopback server's /v1/rerank."""
+    from openai_server import FakeOpenAIServer
+
+    from mmrag.models import factory
+    from mmrag.retrieval.query import retrieve
+
+    with FakeOpenAIServer(models=("bench-rerank",)) as server:
+        rs = s.with_(rerank_model="bench-rerank", rerank_url=server.base_url, rerank_top_n=top_n)
+        rr = factory.reranker(rs)
+        retrieve(rs, qs[0], top_k=10, with_images=False, text_embedder=te, store=store, reranker=rr)  # connect
+        total, stage = [], []
+        for q in qs[1:]:
+            t0 = time.perf_counter()
+            res = retrieve(rs, q, top_k=10, with_images=False, text_embedder=te, store=store, reranker=rr)
+            total.append((time.perf_counter() - t0) * 1000)
+            assert "error" not in res["rerank"], res["rerank"]
+            stage.append(res["timings_ms"]["rerank"])
+    p50 = statistics.median(total)
+    return {"top_n": top_n, "stage_p50_ms": round(statistics.median(stage), 1),
+            "stage_p95_ms": round(sorted(stage)[int(0.95 * (len(stage) - 1))], 1),
+            "with_rerank_p50_ms": round(p50, 1), "with_over_without_p50": round(p50 / plain_p50, 3)}
 
 
 def write(settings, sizes: list[int]) -> dict:
@@ -109,6 +141,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--home", help="(internal) data dir to use")
     ap.add_argument("--phase", choices=("write", "read"), help="(internal) one phase in this process")
+    ap.add_argument("--rerank-top-n", type=int, default=20, help="rerank stage at this N (0 = not measured)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -117,14 +150,16 @@ def main() -> None:
 
         os.environ["MMRAG_HOME"] = args.home
         settings = Settings.from_env()
-        res = write(settings, sizes) if args.phase == "write" else {str(n): measure(settings, f"bench{n}") for n in sizes}
+        res = write(settings, sizes) if args.phase == "write" else {
+            str(n): measure(settings, f"bench{n}", args.rerank_top_n) for n in sizes}
         print(json.dumps(res))
         return
     home = tempfile.mkdtemp(prefix="mmrag-query-bench-")
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
     def phase(name: str) -> dict:
-        res = subprocess.run([sys.executable, __file__, "--phase", name, "--home", home, "--sizes", args.sizes],
+        res = subprocess.run([sys.executable, __file__, "--phase", name, "--home", home, "--sizes", args.sizes,
+                              "--rerank-top-n", str(args.rerank_top_n)],
                              capture_output=True, text=True, env=env, check=True)
         return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -151,6 +186,9 @@ def main() -> None:
             print(f"  {r['rows']:>7} rows  {where.replace('_', ' '):<15} p50 {m['p50_ms']:6.1f} ms  p95 {m['p95_ms']:6.1f} ms"
                   f"  (first query {m['first_ms']:.0f} ms)")
         print(f"          fresh / writer p50: {r['fresh_over_writer_p50']:.3f}; rows written in {r['write_s']:.0f} s")
+        if rr := r["fresh_process"].get("rerank"):
+            print(f"          rerank top {rr['top_n']} (loopback /v1/rerank): stage p50 {rr['stage_p50_ms']:.1f} ms, "
+                  f"p95 {rr['stage_p95_ms']:.1f} ms; query p50 with / without: {rr['with_over_without_p50']:.3f}")
     print(f"p50 {big} / {small} rows (fresh): {result['p50_100k_over_10k_fresh']:.3f}; "
           f"aim p50 ≤ 50 ms at {big}: {'PASS' if result['aim_p50_le_50ms_at_largest'] else 'FAIL'}")
 
