@@ -41,16 +41,21 @@ def rows_by_file(modality: str = TEXT) -> dict[str, set[str]]:
     return out
 
 
-def two_notes(tmp_path: Path) -> Path:
-    """A folder `docs` with two small Markdown files, a.md and b.md (keys docs:a.md, docs:b.md)."""
-    root = tmp_path / "docs"
-    root.mkdir()
-    (root / "a.md").write_text("# Alpha\n\nMallards dabble in ponds.\n")
-    (root / "b.md").write_text("# Beta\n\nThe peregrine falcon dives fast.\n")
+def folder(root: Path, files: dict[str, str]) -> Path:
+    """`root` made, holding `files` (name -> text)."""
+    root.mkdir(parents=True)
+    for name, text in files.items():
+        (root / name).write_text(text)
     return root
 
 
-__all__ = ["cli_json", "two_notes", "store", "rows_by_file", "TEXT", "IMAGE"]
+def two_notes(tmp_path: Path) -> Path:
+    """A folder `docs` with two small Markdown files, a.md and b.md (keys docs:a.md, docs:b.md)."""
+    return folder(tmp_path / "docs", {"a.md": "# Alpha\n\nMallards dabble in ponds.\n",
+                                      "b.md": "# Beta\n\nThe peregrine falcon dives fast.\n"})
+
+
+__all__ = ["cli_json", "folder", "two_notes", "store", "rows_by_file", "TEXT", "IMAGE"]
 
 
 def wait_while_up(what: str, check, timeout: float, proc, log, home=None):

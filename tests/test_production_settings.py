@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from conftest import REPO, isolated_env
-from helpers import TEXT, api_server, cli_json, store
+from helpers import TEXT, api_server, cli_json, folder, store
 from openai_server import FakeOpenAIServer, prompt_text
 from test_api import _cli
 from test_eval import SAMPLES, _slice
@@ -97,10 +97,7 @@ def indexed(tmp_path_factory, server):
     """DOCS ingested by a `mmrag ingest` child process with the embedding server's settings; this
     process keeps the same MMRAG_* settings (isolated_env) for the in-process tests."""
     tmp = tmp_path_factory.mktemp("prod")
-    root = tmp / "docs"
-    root.mkdir()
-    for name, text in DOCS.items():
-        (root / name).write_text(text)
+    root = folder(tmp / "docs", DOCS)
     with isolated_env(tmp) as mp:
         embed = {"MMRAG_TEXT_EMBED_BACKEND": "openai", "MMRAG_TEXT_EMBED_MODEL": EMBED_MODEL,
                  "MMRAG_TEXT_EMBED_URL": server.base_url}

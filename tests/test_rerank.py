@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import REPO, isolated_env, run_cli
-from helpers import cli_json
+from helpers import cli_json, folder
 from openai_server import FakeOpenAIServer, overlap_score
 
 DOCS = {
@@ -39,10 +39,7 @@ def server():
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rerank")
-    root = tmp / "birds"
-    root.mkdir()
-    for name, text in DOCS.items():
-        (root / name).write_text(text)
+    root = folder(tmp / "birds", DOCS)
     with isolated_env(tmp) as mp:
         code, out = run_cli("ingest", str(root), "--source", "birds")
         assert code == 0 and out["indexed"] == len(DOCS), out

@@ -86,12 +86,10 @@ def text_embedder(settings: Settings, *, llm: Any = None, cached: bool = True):
         with _guard:
             inner = _embedders.get(key)
             if inner is None:
-                from mmrag.models.llm import LLMClient
                 from mmrag.models.served import served_text_embedder
 
-                server = LLMClient(url, s.text_embed_model, api_key=api_key, concurrency=s.llm_concurrency,
-                                   timeout_s=s.llm_timeout_s, retries=s.llm_retries)
-                inner = _embedders[key] = served_text_embedder(server, s.text_embed_model)
+                inner = _embedders[key] = served_text_embedder(_server(url, s.text_embed_model, api_key, s),
+                                                               s.text_embed_model)
         space = f"openai:{url.rstrip('/')}:{s.text_embed_model}"
     elif s.text_embed_backend == "sentence-transformers":
         key = ("st", s.text_embed_model, s.embed_service_url, s.embed_device)
@@ -151,11 +149,7 @@ def reranker(settings: Settings):
     with _guard:
         model = _embedders.get(key)
         if model is None and s.rerank_url:
-            from mmrag.models.llm import LLMClient
-
-            server = LLMClient(s.rerank_url, s.rerank_model, api_key=api_key, concurrency=s.llm_concurrency,
-                               timeout_s=s.llm_timeout_s, retries=s.llm_retries)
-            model = _embedders[key] = ServedReranker(server, s.rerank_model)
+            model = _embedders[key] = ServedReranker(_server(s.rerank_url, s.rerank_model, api_key, s), s.rerank_model)
         elif model is None:
             model = _embedders[key] = LocalCrossEncoder(s.rerank_model, device=s.embed_device)
         return model
@@ -177,12 +171,16 @@ def page_embedder(settings: Settings):
     with _guard:
         model = _embedders.get(key)
         if model is None:
-            from mmrag.models.llm import LLMClient
-
-            server = LLMClient(url, s.page_embed_model, api_key=api_key, concurrency=s.llm_concurrency,
-                               timeout_s=s.llm_timeout_s, retries=s.llm_retries)
-            model = _embedders[key] = ServedPageEmbedder(server, s.page_embed_model)
+            model = _embedders[key] = ServedPageEmbedder(_server(url, s.page_embed_model, api_key, s), s.page_embed_model)
         return model
+
+
+def _server(url: str, model: str, api_key: str, s: Settings) -> "LLMClient":
+    """A client of one model on an OpenAI-compatible server, with the settings' limits and retries."""
+    from mmrag.models.llm import LLMClient
+
+    return LLMClient(url, model, api_key=api_key, concurrency=s.llm_concurrency, timeout_s=s.llm_timeout_s,
+                     retries=s.llm_retries)
 
 
 def _service(s: Settings) -> "LLMClient":
