@@ -19,7 +19,7 @@ from conftest import isolated_env, run_cli
 from openai_server import FakeOpenAIServer, Fault
 
 from mmrag.models.page_embed import render_pages
-from mmrag.retrieval.query import RRF_K, fuse_pages
+from mmrag.retrieval.pages import RRF_K, fuse_pages
 
 DIM = 16
 QUESTION = "Which page shows the colourful emblem?"

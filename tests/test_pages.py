@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import isolated_env, run_cli
 
-from mmrag.retrieval.query import page_refs
+from mmrag.retrieval.pages import page_refs
 
 
 @pytest.mark.parametrize("question,pages", [
@@ -51,7 +51,7 @@ def test_pages_rank_by_their_own_score(slice_index):
 def test_a_named_page_rises(slice_index):
     """The same words with and without naming the third page: that page's score gains the bonus and
     it ranks higher (no word of the question is on it)."""
-    from mmrag.retrieval.query import PAGE_REF_BONUS
+    from mmrag.retrieval.pages import PAGE_REF_BONUS
 
     def pages(question):
         code, out = run_cli("query", question, "--top-k", "3", "--no-images", "--file", "birds.pdf")

@@ -1,9 +1,12 @@
 """Retrieval: the one function behind `mmrag query`, the chat page and the evaluation.
 
 Text hits ("hybrid", the default): candidates from MiniLM vectors and from Milvus's BM25 index, fused
-per page (see `_page_fusion`); or either signal alone ("dense", "bm25": Milvus's chunk ranking). Image hits: CLIP's text tower over the image collection (figures, pictures, video
-frames), listed after the text hits. Graph context: LightRAG's modes local / global / hybrid / mix
-(naive = no graph, vector + BM25 chunks only). Filters: sources, files, modalities.
+per page (see `_page_fusion`); or either signal alone ("dense", "bm25": Milvus's chunk ranking); then
+the rerank stage when a cross-encoder is configured (`rerank`). Pages: a ranking of their own
+(`mmrag.retrieval.pages`), fused with the visual page search when it is on. Image hits: CLIP's text
+tower over the image collection (figures, pictures, video frames), listed after the text hits. Graph
+context: LightRAG's modes local / global / hybrid / mix (naive = no graph, vector + BM25 chunks only).
+Filters: sources, files, modalities.
 
 Each hit carries its lineage: file (relative to its source root), source, page, bbox or time range,
 modality, parser and pipeline version.
@@ -20,6 +23,14 @@ import numpy as np
 
 from mmrag.config import Settings
 from mmrag.index.milvus_store import IMAGE, PAGE, TEXT, MilvusStore, quote
+from mmrag.retrieval.pages import (
+    PAGE_REF_BONUS,
+    PAGE_REF_ROWS,
+    fuse_pages,
+    page_list,
+    page_refs,
+    visual_pages,
+)
 
 log = logging.getLogger(__name__)
 MODES = ("naive", "local", "global", "hybrid", "mix")
@@ -89,29 +100,6 @@ _STEMS: dict[str, str] = {}
 # slice together; both are flat around these values (README: "Retrieval quality").
 DENSE_WEIGHT = 0.55  # dense vs lexical, each z-normalised over the candidates
 PAGE_WEIGHT = 0.2  # a chunk's score: this share from its page (unit), the rest its own
-# A page the question names ("on page 10", "the second page"): its chunks join the candidates and
-# its unit score gains this much (in z units); at most PAGE_REF_ROWS rows are read for them.
-PAGE_REF_BONUS = 1.0
-PAGE_REF_ROWS = 200
-_ORDINALS = {w: i for i, w in enumerate(
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split(), 1)}
-_PAGE_REF = re.compile(
-    r"\b(?:pages?|p\.|pg\.?)\s*(\d{1,4})((?:\s*(?:,|and|&|-|to)\s*\d{1,4})*)"  # page 10, pages 3 and 5
-    r"|\b(\d{1,4})(?:st|nd|rd|th)\s+(?:\w+\s+)?page\b"  # 2nd page
-    r"|\b(" + "|".join(_ORDINALS) + r")\s+(?:\w+\s+)?page\b", re.I)  # the second (cover) page
-
-
-def page_refs(question: str) -> list[int]:
-    """The pages a question names, 0-based: "page 10" → 9, "pages 3 and 5" → 2, 4, "the second page"
-    → 1, "the 3rd page" → 2. Physical pages of the file (a printed page label may differ)."""
-    out: list[int] = []
-    for m in _PAGE_REF.finditer(question):
-        if m.group(1):
-            nums = [int(m.group(1)), *map(int, re.findall(r"\d{1,4}", m.group(2) or ""))]
-        else:
-            nums = [int(m.group(3)) if m.group(3) else _ORDINALS[m.group(4).lower()]]
-        out += [n - 1 for n in nums if 1 <= n <= 10_000 and n - 1 not in out]
-    return out
 
 
 def _load_stemmer():
@@ -267,73 +255,13 @@ def rerank(reranker, question: str, hits: list[dict], top_n: int) -> tuple[list[
     return sorted(head, key=lambda h: -h["score"]) + hits[n:], info
 
 
-def page_list(hits: list[dict], fused_pages: list[dict] | None, rerank_info: dict | None, k: int) -> list[dict]:
-    """The pages of the text hits, best first, `k` at most: {"file", "source", "page", "score"}.
-    Hybrid search ranks pages by their own fused score (`_page_fusion`); the reranked head comes
-    first where a reranker ran (a page ranks where its best reranked chunk does); otherwise, and for
-    dense and bm25, a page ranks where its best chunk does."""
-    out: dict[tuple, dict] = {}
-
-    def add(file_key: str, page, score: float) -> None:
-        if page is not None and page >= 0 and (file_key, page) not in out:
-            source, _, rel = file_key.partition(":")
-            out[(file_key, page)] = {"file": rel, "source": source, "page": int(page), "score": round(float(score), 6)}
-
-    reranked = rerank_info["candidates"] if rerank_info and not rerank_info.get("error") else 0
-    for h in hits[:reranked]:
-        add(f"{h['source']}:{h['file']}", h["page"], h["score"])
-    for p in fused_pages if fused_pages is not None else ():
-        add(p["file_key"], p["page"], p["score"])
-    for h in hits[reranked:]:
-        add(f"{h['source']}:{h['file']}", h["page"], h["score"])
-    return list(out.values())[:k]
-
-
-RRF_K = 60  # reciprocal-rank fusion of the text and visual page rankings (Cormack et al.'s constant)
-
-
-def visual_pages(page_embedder, store: MilvusStore, question: str, depth: int, flt: str) -> tuple[list[dict], dict]:
-    """Pages by the multimodal model's similarity of the question to the rendered page (the page
-    collection), and what the search did: model, where, candidates, ms, or the error (a server fault
-    leaves the text ranking alone)."""
-    info: dict = {"model": page_embedder.model, "where": page_embedder.where}
-    t0 = time.perf_counter()
-    try:
-        qv = page_embedder.embed_queries([question])[0].tolist()
-        found = store.search(PAGE, qv, depth, flt)
-    except Exception as e:  # noqa: BLE001 - the page model is down: the text ranking stands
-        log.warning("visual page search with %s failed: %s", page_embedder.model, e)
-        info.update(error=f"{type(e).__name__}: {e}"[:300], ms=round((time.perf_counter() - t0) * 1000, 1))
-        return [], info
-    info.update(candidates=len(found), ms=round((time.perf_counter() - t0) * 1000, 1))
-    return [{"file_key": h["file_key"], "page": int(h["page"]), "score": float(h["score"])} for h in found], info
-
-
-def fuse_pages(text_pages: list[dict], visual: list[dict], k: int) -> list[dict]:
-    """The text page ranking and the visual one, fused by reciprocal rank (their scores are on
-    unrelated scales); each page keeps its `visual_score` where the visual search found it."""
-    fused: dict[tuple, dict] = {}
-    for rank, p in enumerate(text_pages):
-        fused[(f"{p['source']}:{p['file']}", p["page"])] = {**p, "score": 1 / (RRF_K + rank + 1)}
-    for rank, v in enumerate(visual):
-        key = (v["file_key"], v["page"])
-        if key not in fused:
-            source, _, rel = v["file_key"].partition(":")
-            fused[key] = {"file": rel, "source": source, "page": v["page"], "score": 0.0}
-        fused[key]["score"] += 1 / (RRF_K + rank + 1)
-        fused[key]["visual_score"] = round(v["score"], 6)
-    out = sorted(fused.values(), key=lambda p: -p["score"])[:k]
-    return [{**p, "score": round(p["score"], 6)} for p in out]
-
-
 def retrieve(settings: Settings, question: str, *, top_k: int = 5, mode: str = "naive", sources=None, files=None,
              modalities=None, text_search: str = "hybrid", with_images: bool = True, image_k: int = 3,
              text_embedder=None, image_embedder=None, graph=None, store: MilvusStore | None = None,
              reranker=None, page_embedder=None) -> dict:
-    """{"hits": [...], "pages": [...], "graph_context": str, "mode", "rerank": {...} | None,
-    "timings_ms": {...}}: top-k text hits, the top-k pages among them (`page_list`), then up to
-    `image_k` image hits (when "image" is among `modalities` or no modality
-    filter is set), then the graph context of `mode`. `graph`: an open GraphStore to reuse (else one
+    """{"hits", "pages", "graph_context", "mode", "rerank", "visual_pages", "timings_ms"}: top-k text
+    hits, then up to `image_k` image hits (when "image" is among `modalities` or no modality filter
+    is set); the top-k pages (`mmrag.retrieval.pages`); the graph context of `mode`. `graph`: an open GraphStore to reuse (else one
     is opened if needed). `reranker`: default the settings' (`factory.reranker`; None = off); it
     re-scores the top `settings.rerank_top_n` text candidates (`rerank`). `page_embedder`: default
     the settings' (`factory.page_embedder`; None = off): the visual page ranking, fused with the
