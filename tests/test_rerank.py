@@ -184,6 +184,7 @@ def test_rerank_latency_against_the_loopback_server(served, server):
     assert sorted(times)[len(times) // 2] < 0.05, times
 
 
+@pytest.mark.slow  # indexes two PDFs of its own (the fast loop: pytest -m "not slow")
 def test_eval_reranks_and_reports_it(mmrag_env, tmp_path, capsys, server, monkeypatch):
     from test_eval import SAMPLES, _slice
 
