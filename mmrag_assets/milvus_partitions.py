@@ -80,8 +80,7 @@ def milvus_partitions(context: AssetExecutionContext, embeddings: dict, milvus: 
             store.ensure_pages(page_dim)
         t = store.replace_file(TEXT, key, text_rows)
         i = store.replace_file(IMAGE, key, image_rows) if store.has(IMAGE) else {"upserted": 0, "deleted": 0}
-        if pages or store.has(PAGE):  # (turned off: the file's earlier page rows go)
-            store.replace_file(PAGE, key, pages)
+        store.replace_file(PAGE, key, pages)  # (no collection: nothing; turned off: earlier page rows go)
         raw = emb.raw
         rec.root = raw.root
         # partial = indexed with extractive descriptions after model errors: a transient failure
