@@ -25,7 +25,7 @@ from openai_server import FakeOpenAIServer, lightrag_aware
 from test_postgres import _assert_postgres, pg_server  # noqa: F401 - the module's PostgreSQL server
 from test_production_settings import EMBED_MODEL, LLM_MODEL, embedded, words_embedding
 
-from mmrag.serve.supervisor import port_open, venv_tool
+from mmrag.serve.supervisor import port_open, stop_group, venv_tool
 
 pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
 
@@ -43,8 +43,7 @@ def milvus(tmp_path):
         wait_ready("milvus-lite server", lambda: port_open(port), proc, 120, lambda: log.read_text()[-2000:])
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        stop_group(proc, 30)  # SIGTERM, then SIGKILL: a server slow to stop never fails the test
 
 
 def _ask(api: str, question: str) -> dict:

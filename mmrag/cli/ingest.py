@@ -34,6 +34,7 @@ def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: Non
     scan = scan_root(root, source)
     if scan.error:
         return scan, [], 0
+    settings = hold_index(settings, say)
     instance = dagster_instance(settings)
     manifest = Manifest(settings.state_path)
     manifest.set_source(source, str(root))
@@ -47,6 +48,22 @@ def sync_folder(settings: Settings, root: Path, source: str, say=lambda msg: Non
         from mmrag.parsing.worker import discard_spare
 
         discard_spare()
+
+
+def hold_index(settings: Settings, say) -> Settings:
+    """On Milvus Lite, take the data dir for this process before planning and before any run asks for
+    a pool slot (`mmrag.index.lite_lock`: a second ingest waits its turn, then plans on what the first
+    one indexed). When `mmrag up` announces its Milvus server for the data dir meanwhile, the settings
+    that use it (no wait: the server takes every process)."""
+    if not settings.is_milvus_lite:
+        return settings
+    from mmrag.index import lite_lock
+
+    if lite_lock.hold(settings.resolved_milvus_uri, settings.slot_wait_s, say,
+                      give_up=lambda: not Settings.from_env().is_milvus_lite):
+        return settings
+    say("a Milvus server was announced for this data dir (`mmrag up`): using it")
+    return Settings.from_env()
 
 
 def _start_parse_worker(settings: Settings, rel_paths: list[str]) -> None:
@@ -135,6 +152,8 @@ def cmd_ingest(args) -> int:
     source = args.source or source_name(root)
     from mmrag.cli.bar import wanted
 
+    if root.is_dir():  # the report reads the same index; a bad root fails at once
+        settings = hold_index(settings, lambda msg: progress(args, msg))
     scan, run_errors, removed = sync_folder(settings, root, source, lambda msg: progress(args, msg),
                                             retry_failed=args.retry_failed, bar=wanted(args.json))
     if scan.error:

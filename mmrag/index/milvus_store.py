@@ -2,8 +2,8 @@
 per-file writes.
 
 One `MilvusClient` per URI per process. With Milvus Lite (a local path) the data dir is locked by
-the first process that opens it until that process exits, so opening it from a second process
-raises `IndexBusyError` with a message saying what to do, instead of hanging.
+the first process that opens it until that process exits: a second process waits its turn
+(`mmrag.index.lite_lock`, up to MMRAG_SLOT_WAIT_S), then raises `IndexBusyError` saying what to do.
 
 Rows are keyed by (file key, block/chunk id, content hash): writing the same file twice writes the
 same ids; `replace_file` upserts the new rows first and then deletes the file's other rows, so a
@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+from mmrag.index.lite_lock import IndexBusyError  # noqa: F401 - raised here, defined with the lock
 
 log = logging.getLogger(__name__)
 _clients: dict[tuple[str, str, str], Any] = {}
@@ -31,8 +34,6 @@ MAX_TEXT = 65535
 _INSERT_BATCH = 2000
 
 
-class IndexBusyError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -125,9 +126,21 @@ logging.getLogger("grpc._server").addFilter(
     lambda r: "Method not implemented" not in r.getMessage() and "AllocTimestamp" not in str(r.exc_info))
 
 
-def connect(uri: str, token: str = "", db_name: str = ""):
-    """A process-wide client per (uri, token, db). Translates the Lite lock into IndexBusyError."""
+def connect(uri: str, token: str = "", db_name: str = "", wait_s: float = 0.0):
+    """A process-wide client per (uri, token, db). A Milvus Lite data dir is first taken for this process
+    (`mmrag.index.lite_lock`, waiting up to `wait_s` for another process to finish with it); a Lite
+    lock still held by a process that did not take mmrag's (a `milvus-lite server`, or one just exiting)
+    is retried until the same deadline, then raised as IndexBusyError."""
+    from mmrag.config import is_lite_uri
+    from mmrag.index import lite_lock
+
     key = (uri, token, db_name)
+    with _clients_lock:
+        if key in _clients:
+            return _clients[key]
+    deadline = time.monotonic() + wait_s
+    if is_lite_uri(uri):
+        lite_lock.hold(uri, wait_s, say=log.warning)
     with _clients_lock:
         if key in _clients:
             return _clients[key]
@@ -138,24 +151,29 @@ def connect(uri: str, token: str = "", db_name: str = ""):
             kwargs["token"] = token
         if db_name:
             kwargs["db_name"] = db_name
-        try:
-            client = MilvusClient(**kwargs)
-        except Exception as e:
-            if _is_lock_error(e) or _lite_dir_locked(uri):
+        while True:
+            try:
+                client = MilvusClient(**kwargs)
+                break
+            except Exception as e:
+                if not (_is_lock_error(e) or _lite_dir_locked(uri)):
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
                 raise IndexBusyError(
-                    f"the Milvus Lite index at {uri} is in use by another process (an ingest run?). "
+                    f"the Milvus Lite index at {uri} is in use by another process ({lite_lock.holder(uri)}). "
                     "Milvus Lite allows one process at a time: retry when it finishes, or point "
                     "MMRAG_MILVUS_URI at a Milvus server for concurrent access."
                 ) from e
-            raise
         _clients[key] = client
         return client
 
 
 class MilvusStore:
-    def __init__(self, uri: str, token: str = "", db_name: str = "", prefix: str = "mmrag"):
+    def __init__(self, uri: str, token: str = "", db_name: str = "", prefix: str = "mmrag", wait_s: float = 0.0):
         self.uri = uri
-        self.client = connect(uri, token, db_name)
+        self.client = connect(uri, token, db_name, wait_s)
         self.prefix = prefix
 
     def collection(self, modality: str) -> str:
@@ -189,14 +207,7 @@ class MilvusStore:
 
         name = self.collection(modality)
         if self.client.has_collection(name):
-            desc = self.client.describe_collection(name)
-            have = next(f["params"].get("dim") for f in desc["fields"] if f["name"] == "vector")
-            if int(have) != int(dim):
-                raise ValueError(
-                    f"collection {name} holds {have}-d vectors but the embedder gives {dim}-d: "
-                    "set MMRAG_COLLECTION_PREFIX to start a new index for this model"
-                )
-            self.client.load_collection(name)
+            self._check_dim(name, dim)
             return
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -220,7 +231,33 @@ class MilvusStore:
             schema.add_function(Function(name="bm25", function_type=FunctionType.BM25,
                                          input_field_names=["text"], output_field_names=["sparse"]))
             index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self.client.create_collection(name, schema=schema, index_params=index, num_partitions=16)
+        try:
+            self.client.create_collection(name, schema=schema, index_params=index, num_partitions=16)
+        except Exception:
+            # another process (a second ingest, a worker on another host) created it first: use theirs
+            if not self.client.has_collection(name):
+                raise
+            log.info("collection %s was created by another process meanwhile", name)
+            for attempt in range(60):  # its index may still be on the way: loading waits for it
+                try:
+                    self._check_dim(name, dim)
+                    return
+                except ValueError:
+                    raise
+                except Exception:
+                    if attempt == 59:
+                        raise
+                    time.sleep(0.5)
+        self.client.load_collection(name)
+
+    def _check_dim(self, name: str, dim: int) -> None:
+        desc = self.client.describe_collection(name)
+        have = next(f["params"].get("dim") for f in desc["fields"] if f["name"] == "vector")
+        if int(have) != int(dim):
+            raise ValueError(
+                f"collection {name} holds {have}-d vectors but the embedder gives {dim}-d: "
+                "set MMRAG_COLLECTION_PREFIX to start a new index for this model"
+            )
         self.client.load_collection(name)
 
     def has(self, modality: str) -> bool:

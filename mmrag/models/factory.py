@@ -202,14 +202,16 @@ def manifest(settings: Settings) -> "Manifest":
     return Manifest(settings.state_path)
 
 
-def milvus_store(settings: Settings) -> "MilvusStore":
+def milvus_store(settings: Settings, wait_s: float | None = None) -> "MilvusStore":
     """The Milvus store of the index: Milvus Lite under the data dir, or the server of MMRAG_MILVUS_URI
-    (also the Lite server `mmrag up` runs on the data dir). One client per URI per process."""
+    (also the Lite server `mmrag up` runs on the data dir). One client per URI per process. A Lite data
+    dir held by another process is waited for up to `wait_s` (default MMRAG_SLOT_WAIT_S)."""
     from mmrag.index.milvus_store import MilvusStore
 
     if settings.is_milvus_lite:
         settings.home.mkdir(parents=True, exist_ok=True)
-    return MilvusStore(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_db, settings.collection_prefix)
+    return MilvusStore(settings.resolved_milvus_uri, settings.milvus_token, settings.milvus_db, settings.collection_prefix,
+                       wait_s=settings.slot_wait_s if wait_s is None else wait_s)
 
 
 def milvus_index(settings: Settings, text_dim: int, image_dim: int | None) -> "MilvusStore":

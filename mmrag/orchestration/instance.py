@@ -9,6 +9,14 @@ instance needs the variable set (`mmrag up` passes its environment on to its chi
 bare `postgresql://` URL name the psycopg2 driver in its own environment (`set_driver`); a Dagster
 process started by hand needs `postgresql+psycopg2://`.
 
+Its storage is created once, by one process, before any other opens it (`prepare_storage`): Dagster's
+SQLite and PostgreSQL storages create their tables and stamp their schema version when first opened,
+and two processes doing that at once leave one of them failing (`alembic_version` with two heads, a
+UNIQUE constraint, `table ... already exists`): `mmrag up` starting the daemon and the webserver side
+by side, or two `mmrag ingest` on a new data dir. Every CLI path goes through `ensure_dagster_home`,
+which prepares the storage under a file lock (and, on PostgreSQL, an advisory lock for other hosts)
+before it returns.
+
 The file starts with `MARKER` and is written again whenever its content would change, so setting or
 unsetting the variable takes effect at the next command. A dagster.yaml without the marker (edited by
 hand, or one given with an explicit DAGSTER_HOME) is left alone.
@@ -90,7 +98,8 @@ def uses_pg_url(home: Path) -> bool:
 
 def ensure_dagster_home(settings: "Settings") -> Path:
     """Point DAGSTER_HOME at $MMRAG_HOME/dagster (unless set) and write its dagster.yaml there: the
-    project's, with Postgres storage when MMRAG_DAGSTER_PG_URL is set (`mmrag.orchestration.instance`)."""
+    project's, with Postgres storage when MMRAG_DAGSTER_PG_URL is set (`mmrag.orchestration.instance`);
+    then create its storage once (`prepare_storage`)."""
     set_driver(os.environ)
     if os.environ.get("DAGSTER_HOME"):
         home = Path(os.environ["DAGSTER_HOME"])
@@ -102,7 +111,86 @@ def ensure_dagster_home(settings: "Settings") -> Path:
     if os.environ.get(PG_URL_VAR) and not uses_pg_url(home):
         print(f"mmrag: {PG_URL_VAR} is set but {home / 'dagster.yaml'} (not written by mmrag) does not use it: "
               "the instance keeps the storage that file names (delete it to have mmrag write it)", file=sys.stderr)
+    prepare_storage(home)
     return home
+
+
+STORAGE_READY = ".mmrag-storage-ready"  # what prepared the storage: Dagster's version and the yaml
+STORAGE_LOCK = ".mmrag-storage.lock"
+PG_INIT_LOCK_KEY = 7_401_337_029  # pg_advisory_lock key of "the storage of this database is being created"
+
+
+def _storage_signature(home: Path) -> str:
+    import dagster
+
+    try:
+        text = (home / "dagster.yaml").read_text()
+    except OSError:
+        text = ""
+    return f"dagster {dagster.__version__}\n{text}"
+
+
+def prepare_storage(home: Path, timeout_s: float = 600.0) -> bool:
+    """Create the instance's storage (runs, event log, schedules, the pool's slots) in this process,
+    once per DAGSTER_HOME and dagster.yaml, while every other mmrag process on the machine waits for it
+    (a `filelock` in `home`), and, with PostgreSQL storage, while processes of other hosts do (an
+    advisory lock in that database). Returns whether this call created or checked it (False: it was
+    ready). A process started by hand (`dagster dev`) still opens it itself."""
+    from filelock import FileLock
+
+    ready = home / STORAGE_READY
+    want = _storage_signature(home)
+    if ready.exists() and ready.read_text() == want:
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home / STORAGE_LOCK), timeout=timeout_s):
+        if ready.exists() and ready.read_text() == want:
+            return False
+        with _pg_init_lock(home):
+            from dagster import DagsterInstance
+
+            instance = DagsterInstance.from_config(str(home))
+            try:
+                instance.schedule_storage  # noqa: B018 - each storage creates its tables when built
+                storage = instance.event_log_storage
+                if getattr(storage, "supports_global_concurrency_limits", False):
+                    from mmrag.orchestration.runs import POOLS
+
+                    for pool in POOLS:
+                        storage.initialize_concurrency_limit_to_default(pool)
+            finally:
+                instance.dispose()
+        write_atomic(ready, want)
+    return True
+
+
+class _pg_init_lock:
+    """The PostgreSQL advisory lock that makes processes on every host create Dagster's tables one at a
+    time (nothing when the storage is SQLite)."""
+
+    def __init__(self, home: Path):
+        self.url = os.environ.get(PG_URL_VAR) if uses_pg_url(home) else None
+        self.engine = self.conn = None
+
+    def __enter__(self):
+        if self.url:
+            import sqlalchemy as sa
+
+            self.engine = sa.create_engine(with_driver(self.url), poolclass=sa.pool.NullPool)
+            self.conn = self.engine.connect()
+            self.conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PG_INIT_LOCK_KEY})
+        return self
+
+    def __exit__(self, *exc):
+        if self.conn is not None:
+            import sqlalchemy as sa
+
+            try:
+                self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PG_INIT_LOCK_KEY})
+            finally:
+                self.conn.close()
+                self.engine.dispose()
+        return False
 
 
 def dagster_instance(settings: "Settings"):

@@ -61,6 +61,9 @@ class Turn:
                 "visual_pages": self.visual_pages}
 
 
+QUERY_LITE_WAIT_S = 5.0
+
+
 class QueryService:
     """Everything a query needs, built by `mmrag.models.factory` on first use and kept: one per
     server process (the API, the chat page) or per CLI query."""
@@ -82,7 +85,8 @@ class QueryService:
         return emb
 
     def store(self):
-        return factory.milvus_store(self.settings)
+        # a question does not wait long for a Milvus Lite data dir that an ingest holds: 503 / a clear error
+        return factory.milvus_store(self.settings, wait_s=min(self.settings.slot_wait_s, QUERY_LITE_WAIT_S))
 
     def reranker(self):
         """The rerank stage's cross-encoder (`MMRAG_RERANK_MODEL`), or None when off."""

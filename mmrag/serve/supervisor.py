@@ -64,6 +64,7 @@ class Supervisor:
     def __init__(self, children: list[Child], env: dict, log_dir: Path, say: Callable[[str], None] = print):
         self.children, self.env, self.log_dir, self.say = children, env, log_dir, say
         self.on_started: dict[str, Callable[[Child], None]] = {}  # child name -> called once it is up
+        self.killed: list[str] = []  # children that needed SIGKILL to stop
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -117,6 +118,8 @@ class Supervisor:
         return True
 
     def stop_all(self) -> None:
+        """SIGTERM to every child's process group (last started first), SIGKILL to any still there after
+        STOP_GRACE_S; each kill is said and counted (`self.killed`)."""
         self._stopping = True
         for child in reversed(self.children):
             proc = child.proc
@@ -128,12 +131,27 @@ class Supervisor:
             proc = child.proc
             if proc is None:
                 continue
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say(f"mmrag up: {child.name} did not stop within {STOP_GRACE_S:.0f} s: killing it")
-            _signal_group(proc, signal.SIGKILL)  # whatever it left behind in its group
-            proc.wait()
+            if not stop_group(proc, max(0.1, deadline - time.monotonic()), signal_first=False):
+                self.killed.append(child.name)
+                self.say(f"mmrag up: {child.name} did not stop within {STOP_GRACE_S:.0f} s of SIGTERM: killed")
+        if self.killed:
+            self.say(f"mmrag up: {len(self.killed)} part(s) killed after the grace period: {', '.join(self.killed)}")
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float, signal_first: bool = True) -> bool:
+    """Stop a child started with `start_new_session=True` and everything in its process group: SIGTERM
+    (unless `signal_first` is False: already sent), up to `grace_s` to exit, then SIGKILL; always reaped.
+    Returns whether it exited within the grace (False: it had to be killed)."""
+    if signal_first and proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+    clean = True
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        clean = False
+    _signal_group(proc, signal.SIGKILL)  # the child if it is still there, and whatever it left in its group
+    proc.wait()
+    return clean
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -1,0 +1,141 @@
+"""Commands started at the same moment on a new data dir: the Dagster instance's storage is created
+once (`mmrag.orchestration.instance.prepare_storage`), a Milvus Lite data dir is taken in turn
+(`mmrag.index.lite_lock`: the second ingest waits, then plans on what the first indexed), and
+collections made by two processes at once are made once. Every process succeeds and every file is
+indexed, on the embedded default and with a Milvus server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from helpers import folder, free_port, wait_ready
+
+from mmrag.serve.supervisor import port_open, stop_group, venv_tool
+
+# Each process imports mmrag and Dagster, then waits for the same moment to open the instance.
+OPENER = """
+import os, sys, time
+from pathlib import Path
+from mmrag.config import Settings
+from mmrag.orchestration.instance import dagster_instance
+import dagster  # noqa: F401 - imported before the barrier, so the race is on the storage alone
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+instance = dagster_instance(Settings.from_env())
+instance.get_runs(limit=1)
+instance.add_dynamic_partitions("source_files", [f"p{os.getpid()}"])
+instance.event_log_storage.get_concurrency_info("mmrag_index")
+instance.dispose()
+print("ok")
+"""
+
+
+def _env(home: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
+    env.update(MMRAG_HOME=str(home), MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
+               **extra)
+    return env
+
+
+def _open_together(tmp_path: Path, home: Path, n: int, **extra: str) -> list[subprocess.CompletedProcess]:
+    go = tmp_path / f"go-{home.name}"
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(go)], env=_env(home, **extra), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    time.sleep(6)  # every process past its imports (they are waiting on `go`)
+    go.touch()
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def test_a_new_instance_opened_by_several_processes_at_once(tmp_path):
+    """Four processes open the same new DAGSTER_HOME at the same moment (what `mmrag up` does with the
+    daemon and the webserver, and two ingests on a new data dir): all succeed, the storage is made once."""
+    for round_ in range(2):
+        home = tmp_path / f"home{round_}"
+        results = _open_together(tmp_path, home, 4)
+        for r in results:
+            assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+        assert (home / "dagster" / ".mmrag-storage-ready").exists()
+        from dagster import DagsterInstance
+
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            assert len(instance.get_dynamic_partitions("source_files")) == 4
+
+
+def _ingest(root: Path, home: Path, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mmrag.cli", "ingest", str(root), "--json"], env=_env(home, **extra),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _notes(tmp_path: Path, n: int, per: int = 2) -> list[Path]:
+    birds = ["Mallards dabble", "Falcons dive", "Herons stalk frogs", "Swans hiss", "Grebes build nests"]
+    return [folder(tmp_path / f"f{i}", {f"n{j}.md": f"# Note {i}.{j}\n\n{birds[(i + j) % len(birds)]} in place {i}-{j}.\n"
+                                        for j in range(per)}) for i in range(n)]
+
+
+def _all_indexed(procs: list[subprocess.Popen], folders: list[Path], home: Path, extra: dict) -> list[str]:
+    """Each ingest succeeded and indexed its folder; returns their stderr."""
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        outs.append((json.loads(stdout), stderr))
+    for (res, _), root in zip(outs, folders):
+        assert res["indexed"] == len(list(root.iterdir())) and not res["failed"], res
+    # the index holds every file's rows, each once (one more ingest changes nothing)
+    text_rows = max(res["text_rows"] for res, _ in outs)
+    assert text_rows == sum(len(list(r.iterdir())) for r in folders)
+    again = subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(folders[0]), "--json"], env=_env(home, **extra),
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    res = json.loads(again.stdout)
+    assert res["text_rows"] == text_rows and res["indexed"] == len(list(folders[0].iterdir())), res
+    return [err for _, err in outs]
+
+
+@pytest.mark.slow
+def test_concurrent_ingests_on_the_embedded_default_wait_their_turn(tmp_path):
+    """Three `mmrag ingest` of three folders started together on a new data dir (Milvus Lite): one
+    indexes while the others wait, saying for whom; all three succeed."""
+    folders = _notes(tmp_path, 3)
+    home = tmp_path / "home"
+    procs = [_ingest(root, home) for root in folders]
+    said = _all_indexed(procs, folders, home, {})
+    assert sum("waiting for the Milvus Lite index" in err and "mmrag ingest" in err for err in said) >= 1, said
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    port = free_port()
+    log = tmp_path / "milvus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([venv_tool("milvus-lite"), "server", "--data-dir", str(tmp_path / "milvus"),
+                                 "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_ready("milvus-lite server", lambda: port_open(port), proc, 120, lambda: log.read_text()[-2000:])
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc, 30)
+
+
+@pytest.mark.slow
+def test_concurrent_ingests_with_a_milvus_server_write_at_once(tmp_path, milvus_server):
+    """Two ingests at once against a Milvus server on a new data dir: both create the collections
+    (one creates, the other uses them) and both index every file."""
+    folders = _notes(tmp_path, 2)
+    home = tmp_path / "home"
+    extra = {"MMRAG_MILVUS_URI": milvus_server}
+    procs = [_ingest(root, home, **extra) for root in folders]
+    _all_indexed(procs, folders, home, extra)
