@@ -55,7 +55,7 @@ def two_notes(tmp_path: Path) -> Path:
                                       "b.md": "# Beta\n\nThe peregrine falcon dives fast.\n"})
 
 
-__all__ = ["cli_json", "folder", "two_notes", "store", "rows_by_file", "TEXT", "IMAGE"]
+__all__ = ["cli_json", "folder", "two_notes", "store", "rows_by_file", "open_instance_together", "TEXT", "IMAGE"]
 
 
 def wait_while_up(what: str, check, timeout: float, proc, log, home=None):
@@ -161,3 +161,41 @@ def api_server(env: dict):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+# Each process imports mmrag and Dagster, then waits for the same moment to open the instance.
+_OPENER = """
+import os, sys, time
+from pathlib import Path
+from mmrag.config import Settings
+from mmrag.orchestration.instance import dagster_instance
+import dagster  # noqa: F401 - imported before the barrier, so the race is on the storage alone
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+instance = dagster_instance(Settings.from_env())
+instance.get_runs(limit=1)
+instance.add_dynamic_partitions("source_files", [f"p{os.getpid()}"])
+instance.event_log_storage.get_concurrency_info("mmrag_index")
+instance.dispose()
+print("ok")
+"""
+
+
+def open_instance_together(go: Path, homes: list[Path], settle_s: float = 6.0, **extra: str) -> list[subprocess.CompletedProcess]:
+    """One process per entry of `homes` (its MMRAG_HOME; repeat a home for processes sharing one) opens
+    the Dagster instance at the same moment (each waits for the file `go` after its imports), as
+    `mmrag up`'s daemon and webserver, or two ingests, do on a new data dir. Their results."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
+    env.update(MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **extra)
+    procs = [subprocess.Popen([sys.executable, "-c", _OPENER, str(go)], env={**env, "MMRAG_HOME": str(home)}, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for home in homes]
+    time.sleep(settle_s)  # every process past its imports, waiting on `go`
+    go.touch()
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out

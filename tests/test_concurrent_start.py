@@ -15,55 +15,16 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from helpers import folder, free_port, wait_ready
+from helpers import folder, free_port, open_instance_together, wait_ready
 
 from mmrag.serve.supervisor import port_open, stop_group, venv_tool
-
-# Each process imports mmrag and Dagster, then waits for the same moment to open the instance.
-OPENER = """
-import os, sys, time
-from pathlib import Path
-from mmrag.config import Settings
-from mmrag.orchestration.instance import dagster_instance
-import dagster  # noqa: F401 - imported before the barrier, so the race is on the storage alone
-go = Path(sys.argv[1])
-while not go.exists():
-    time.sleep(0.01)
-instance = dagster_instance(Settings.from_env())
-instance.get_runs(limit=1)
-instance.add_dynamic_partitions("source_files", [f"p{os.getpid()}"])
-instance.event_log_storage.get_concurrency_info("mmrag_index")
-instance.dispose()
-print("ok")
-"""
-
-
-def _env(home: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
-    env.update(MMRAG_HOME=str(home), MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
-               **extra)
-    return env
-
-
-def _open_together(tmp_path: Path, home: Path, n: int, **extra: str) -> list[subprocess.CompletedProcess]:
-    go = tmp_path / f"go-{home.name}"
-    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(go)], env=_env(home, **extra), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
-    time.sleep(6)  # every process past its imports (they are waiting on `go`)
-    go.touch()
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    return out
-
 
 def test_a_new_instance_opened_by_several_processes_at_once(tmp_path):
     """Four processes open the same new DAGSTER_HOME at the same moment (what `mmrag up` does with the
     daemon and the webserver, and two ingests on a new data dir): all succeed, the storage is made once."""
     for round_ in range(2):
         home = tmp_path / f"home{round_}"
-        results = _open_together(tmp_path, home, 4)
+        results = open_instance_together(tmp_path / f"go{round_}", [home] * 4)
         for r in results:
             assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
         assert (home / "dagster" / ".mmrag-storage-ready").exists()

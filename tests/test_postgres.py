@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import test_orchestration as orch
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from helpers import open_instance_together
 from pg_tools import PASSWORD, postgres_server
 
 from mmrag.config import Settings
@@ -147,3 +148,17 @@ def test_sensor_frees_a_dead_run_on_postgres(pg_env, tmp_path, monkeypatch):
         [run] = instance.get_runs()
         assert run.status == DagsterRunStatus.FAILURE
         assert not instance.event_log_storage.get_concurrency_info("mmrag_index").active_run_ids
+
+
+def test_a_new_postgres_storage_opened_from_several_hosts_at_once(pg_url, tmp_path, monkeypatch):
+    """Four processes, each with a data dir of its own (as on four hosts), open the instance on the same
+    new PostgreSQL database at the same moment: the advisory lock lets one create Dagster's tables and
+    the others find them; all succeed."""
+    homes = [tmp_path / f"host{i}" for i in range(4)]
+    results = open_instance_together(tmp_path / "go", homes, **{PG_URL_VAR: pg_url})
+    for r in results:
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+    monkeypatch.setenv(PG_URL_VAR, with_driver(pg_url))
+    with DagsterInstance.from_config(str(homes[0] / "dagster")) as instance:
+        _assert_postgres(instance)
+        assert len(instance.get_dynamic_partitions("source_files")) == 4

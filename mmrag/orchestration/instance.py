@@ -131,7 +131,7 @@ def _storage_signature(home: Path) -> str:
 
 
 def prepare_storage(home: Path, timeout_s: float = 600.0) -> bool:
-    """Create the instance's storage (runs, event log, schedules, the pool's slots) in this process,
+    """Create the instance's storage (runs, event log, schedules) in this process,
     once per DAGSTER_HOME and dagster.yaml, while every other mmrag process on the machine waits for it
     (a `filelock` in `home`), and, with PostgreSQL storage, while processes of other hosts do (an
     advisory lock in that database). Returns whether this call created or checked it (False: it was
@@ -151,13 +151,10 @@ def prepare_storage(home: Path, timeout_s: float = 600.0) -> bool:
 
             instance = DagsterInstance.from_config(str(home))
             try:
-                instance.schedule_storage  # noqa: B018 - each storage creates its tables when built
-                storage = instance.event_log_storage
-                if getattr(storage, "supports_global_concurrency_limits", False):
-                    from mmrag.orchestration.runs import POOLS
-
-                    for pool in POOLS:
-                        storage.initialize_concurrency_limit_to_default(pool)
+                # each storage creates its tables when built; the pools' slots are Dagster's to make at
+                # their first claim (initializing them here would reset a limit someone raised)
+                instance.schedule_storage  # noqa: B018
+                instance.event_log_storage  # noqa: B018
             finally:
                 instance.dispose()
         write_atomic(ready, want)
@@ -166,7 +163,9 @@ def prepare_storage(home: Path, timeout_s: float = 600.0) -> bool:
 
 class _pg_init_lock:
     """The PostgreSQL advisory lock that makes processes on every host create Dagster's tables one at a
-    time (nothing when the storage is SQLite)."""
+    time (nothing when the storage is SQLite). dagster-postgres retries a creation that loses a race
+    itself (four data dirs opening one new database at once: 3 rounds of 3 passed without this lock,
+    where SQLite failed every round); the lock makes it so rather than likely."""
 
     def __init__(self, home: Path):
         self.url = os.environ.get(PG_URL_VAR) if uses_pg_url(home) else None
