@@ -65,12 +65,12 @@ def _wait_http(url: str, timeout: float, proc=None) -> None:
     raise TimeoutError(url)
 
 
-def _seed(home: Path, docs: Path, n: int) -> float:
+def _seed(home: Path, docs: Path, n: int, extra: dict) -> float:
     """`n` small Markdown files indexed before `up` starts (one `mmrag ingest`); returns its seconds."""
     for i in range(n):
         (docs / f"old_{i:05d}.md").write_text(f"# Old note {i}\n\nAn older note about {WORDS[i % len(WORDS)]} {i}.\n")
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(docs), "--json"], env=_env(home), cwd=REPO,
+    subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(docs), "--json"], env=_env(home, **extra), cwd=REPO,
                    check=True, capture_output=True, timeout=7200)
     return time.monotonic() - t0
 
@@ -144,10 +144,45 @@ class _RssSampler:
         return {k: round(v / 2**20) for k, v in sorted(self.peak.items())}
 
 
-def freshness(files: int, interval: int, warm: bool, indexed: int = 0, clients: int = 0) -> dict:
+MODES = ("cold", "warm", "warm-llm", "warm-llm-embed")
+QUERY_MODE = "naive"  # --query-mode: how the freshness probe asks (mix: with the graph context)
+
+
+def freshness(files: int, interval: int, mode: str, indexed: int = 0, clients: int = 0) -> dict:
     """`mmrag up` on a fresh data dir (`indexed` files ingested first); `files` small files written one at
-    a time, each waited for through `POST /v1/query`. `warm`: with the embedding and parse services
-    (today's default), else `--no-embed-service --no-parse-service` (each run loads its models)."""
+    a time, each waited for through `POST /v1/query`. Modes: `warm` with the embedding and parse services
+    (today's default), `cold` without (`--no-embed-service --no-parse-service`: each run loads its models);
+    `warm-llm` as warm with the chat model on the loopback model server (answering at once), and
+    `warm-llm-embed` with the text embeddings there too (MMRAG_TEXT_EMBED_BACKEND=openai)."""
+    import contextlib
+
+    import httpx
+
+    from mmrag.serve.supervisor import free_port
+
+    assert mode in MODES, mode
+    warm, llm_on, served_embed = mode != "cold", "llm" in mode, mode.endswith("embed")
+    with contextlib.ExitStack() as stack:
+        extra: dict[str, str] = {}
+        if llm_on:
+            sys.path.insert(0, str(REPO / "tests"))
+            from openai_server import FakeOpenAIServer, lightrag_aware
+
+            server = stack.enter_context(FakeOpenAIServer(models=("fake-llm", "fake-vlm", "fake-embed"),
+                                                          embedding_dim=64))
+            server.responder = lightrag_aware
+            extra.update(MMRAG_LLM_URL=server.base_url, MMRAG_LLM_MODEL="fake-llm", MMRAG_VLM_MODEL="fake-vlm")
+            if served_embed:
+                extra.update(MMRAG_TEXT_EMBED_BACKEND="openai", MMRAG_TEXT_EMBED_MODEL="fake-embed",
+                             MMRAG_TEXT_EMBED_URL=server.base_url)
+        out = _freshness(files, interval, warm, indexed, clients, extra)
+        out["mode"] = mode
+        if llm_on:
+            out["model_requests"] = len(server.requests)
+        return out
+
+
+def _freshness(files: int, interval: int, warm: bool, indexed: int, clients: int, extra: dict) -> dict:
     import httpx
 
     from mmrag.serve.supervisor import free_port
@@ -155,7 +190,7 @@ def freshness(files: int, interval: int, warm: bool, indexed: int = 0, clients: 
     tmp = Path(tempfile.mkdtemp(prefix="mmrag-service-bench-"))
     docs, home = tmp / "docs", tmp / "home"
     docs.mkdir()
-    seed_s = _seed(home, docs, indexed) if indexed else 0.0
+    seed_s = _seed(home, docs, indexed, extra) if indexed else 0.0
     (docs / "seed.md").write_text("# Seed\n\nA seed file so that the first run loads the models.\n")
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
@@ -163,7 +198,7 @@ def freshness(files: int, interval: int, warm: bool, indexed: int = 0, clients: 
     flags = [] if warm else ["--no-embed-service", "--no-parse-service"]
     proc = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "up", str(docs), "--api-port", str(api_port),
                              "--ui-port", str(free_port()), "--dagster-port", str(free_port()), *flags],
-                            env=_env(home, MMRAG_SENSOR_INTERVAL_S=str(interval)), cwd=REPO, stdout=log,
+                            env=_env(home, MMRAG_SENSOR_INTERVAL_S=str(interval), **extra), cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT)
     rss = _RssSampler(proc.pid)
     stop = threading.Event()
@@ -184,7 +219,7 @@ def freshness(files: int, interval: int, warm: bool, indexed: int = 0, clients: 
             n += 1
 
     def found(name: str, word: str) -> bool:
-        r = httpx.post(f"{api}/v1/query", json={"question": f"{word} survey notes", "top_k": 10, "mode": "naive",
+        r = httpx.post(f"{api}/v1/query", json={"question": f"{word} survey notes", "top_k": 10, "mode": QUERY_MODE,
                                                 "images": False}, timeout=60)
         return r.status_code == 200 and any(h["file"] == name for h in r.json()["hits"])
 
@@ -371,12 +406,16 @@ def main() -> int:
     p.add_argument("--interval", type=int, default=2, help="the sensor's interval (MMRAG_SENSOR_INTERVAL_S)")
     p.add_argument("--indexed", type=int, default=0, help="small files indexed before `up` starts")
     p.add_argument("--clients", type=int, default=0, help="threads asking the API meanwhile")
-    p.add_argument("--modes", default="cold,warm", help="cold (no services), warm (embedding + parse services)")
+    p.add_argument("--modes", default="cold,warm", help="cold (no services), warm (embedding + parse services), "
+                   "warm-llm (+ the chat model on the loopback model server), warm-llm-embed (+ text embeddings there)")
+    p.add_argument("--query-mode", default="naive", help="the freshness probe's query mode (naive, mix)")
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    res = {"freshness": [freshness(args.files, args.interval, mode == "warm", args.indexed, args.clients)
+    global QUERY_MODE
+    QUERY_MODE = args.query_mode
+    res = {"freshness": [freshness(args.files, args.interval, mode, args.indexed, args.clients)
                          for mode in args.modes.split(",")]}
     if not args.skip_latency:
         res["latency"] = latency([int(x) for x in args.sizes.split(",")])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from mmrag.faults import fail_point
 from mmrag.orchestration.runs import patch_claim_polling
 from mmrag_assets.cleanup import cleanup_job
 from mmrag_assets.index_audit import audit_job, audit_schedule, index_audit
@@ -25,6 +26,7 @@ from schedules.maintenance import maintenance_schedule
 from schedules.reindex import reindex_schedule
 from schedules.sensors import watch_folders
 
+fail_point("definitions")  # tests: a code location that fails to load (`mmrag up` must say so)
 patch_claim_polling()  # Dagster 1.13's in-process executor would spin while a step waits for a slot
 
 

@@ -37,6 +37,13 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fail_point(name: str) -> None:
+    """`MMRAG_FAIL_AT=<name>` raises here (tests only: `definitions` makes the code location fail to load,
+    as a broken install or a bad setting would, for `mmrag up`'s health test). Unset, nothing."""
+    if os.environ.get("MMRAG_FAIL_AT") == name:
+        raise RuntimeError(f"MMRAG_FAIL_AT={name}: failing here on purpose (a test)")
+
+
 def plant_point(name: str, file_key: str, store) -> None:
     """Plant `MMRAG_PLANT`'s fault at a named step for one file (tests only; unset, nothing)."""
     spec = os.environ.get("MMRAG_PLANT")

@@ -89,6 +89,11 @@ def cmd_status(args) -> int:
             print(f"  stale: {', '.join(s['stale']) or '-'}; deleted: {', '.join(s['deleted']) or '-'}")
     if out["usage"]["requests"] or out["usage"]["cache_hits"]:
         print(_usage_line(out["usage"]))
+    if board := out.get("service"):
+        print(f"mmrag up: {board['status']}")
+        for name, p in board["parts"].items():
+            print(f"  {name:8s} {p['state']:10s}" + (f" {p['reason'][:160]}" if p["reason"] and p["state"] != "ok" else "")
+                  + (f" ({p['restarts']} restarts)" if p.get("restarts") else ""))
     return 0
 
 

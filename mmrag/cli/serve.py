@@ -113,10 +113,32 @@ def cmd_ui(args) -> int:
     return 0  # not reached
 
 
+def _probes(args, settings: Settings, env: dict, embed: dict | None, dagster_home: Path, sup) -> dict:
+    """What each part of `up` must answer to count as working (`mmrag.serve.health`)."""
+    from mmrag.serve import health
+    from schedules.watch import sensor_interval_s
+
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    names = {c.name for c in sup.children}
+    probes = {}
+    if "milvus" in names:
+        probes["milvus"] = health.milvus_probe(env["MMRAG_MILVUS_URI"])
+    if "embed" in names and embed:
+        probes["embed"] = health.embed_probe(embed["url"], embed["text_model"])
+    if "parse" in names:
+        probes["parse"] = health.parse_probe(settings.home)
+    probes["daemon"] = health.daemon_probe(dagster_home, sensor_interval_s(), lambda: sup.started_at("daemon"))
+    probes["runs"] = health.runs_probe(dagster_home)
+    probes["dagster"] = health.webserver_probe(f"http://{host}:{args.dagster_port}")
+    probes["api"] = health.http_probe(f"http://{host}:{args.api_port}/healthz")
+    probes["ui"] = health.http_probe(f"http://{host}:{args.ui_port}/_stcore/health")
+    return probes
+
+
 def cmd_up(args) -> int:
     """Milvus server, Dagster daemon + webserver, query API and chat page, supervised (mmrag.serve.supervisor)."""
     from mmrag.manifest import Manifest
-    from mmrag.serve import discovery
+    from mmrag.serve import discovery, health
     from mmrag.serve.supervisor import (
         Child,
         Supervisor,
@@ -185,7 +207,11 @@ def cmd_up(args) -> int:
     ]
     print(f"mmrag up: data dir {settings.home.resolve()}, watching {', '.join(sorted(manifest.sources()))}",
           flush=True)
-    sup = Supervisor(children, env, settings.home / "logs", say=lambda m: print(m, flush=True))
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    board = health.HealthBoard(settings.home, [c.name for c in children] + ["runs"], say,
+                               logs={c.name: settings.home / "logs" / f"{c.name}.log" for c in children})
+    sup = Supervisor(children, env, settings.home / "logs", say=say, board=board)
+    monitor = health.HealthMonitor(board, _probes(args, settings, env, embed, home, sup), sup.alive, sup.started_at)
     if settings.is_milvus_lite:  # other processes on this data dir find the server (Settings.from_env)
         sup.on_started["milvus"] = lambda child: discovery.announce(settings.home, discovery.MILVUS,
                                                                     {"uri": env["MMRAG_MILVUS_URI"]}, pid=child.proc.pid)
@@ -193,8 +219,9 @@ def cmd_up(args) -> int:
         sup.on_started["embed"] = lambda child: discovery.announce(settings.home, discovery.EMBED, embed,
                                                                    pid=child.proc.pid)
     try:
-        return run_children(sup, manifest)
+        return run_children(sup, manifest, monitor=monitor)
     finally:
+        discovery.withdraw(settings.home, health.HEALTH, pid=0)
         discovery.withdraw(settings.home, discovery.MILVUS, pid=0)
         discovery.withdraw(settings.home, discovery.EMBED, pid=0)
         discovery.withdraw(settings.home, discovery.PARSE, pid=0)

@@ -11,7 +11,8 @@ Wire: `multiprocessing.connection` on 127.0.0.1 with a random key (HMAC challeng
 announced with the worker configuration in `$MMRAG_HOME/parse-service.json` (mode 0600): only a
 process that can read the data dir connects. A run uses the service only when its own worker
 configuration (parser, frames, Whisper, limits, blob store) is the announced one.
-Messages: ("parse", path, detected, ident) -> ("started",) once a worker has it, then ("ok", doc)
+Messages: ("ping",) -> ("pong", live workers, why the latest did not warm up) (`mmrag up`'s health
+probe); ("parse", path, detected, ident) -> ("started",) once a worker has it, then ("ok", doc)
 or an error reply (`worker.error_reply`); ("busy",) when no worker frees up within the request's
 wait. A path outside the watched roots (the manifest's sources) and the blob store (where the raw
 stage keeps its snapshot of each file) is refused: the service reads nothing else.
@@ -68,14 +69,17 @@ class ParseService:
         self._count = 0
         self._cond = threading.Condition()
         self.parsed = 0
+        self.warm_error = ""  # why the latest worker did not warm up, for the health ping
 
     # -- the pool --------------------------------------------------------------------------------
     def _warm(self, sup: ParseSupervisor) -> None:
         """Start `sup`'s worker and load the parsers, then offer it to requests."""
         try:
             sup.warm(WARM_KINDS)
+            self.warm_error = ""
         except Exception as e:  # noqa: BLE001 - the next file starts it again and reports what is wrong
             log.warning("parse worker did not warm up: %s", e)
+            self.warm_error = f"a parse worker did not warm up: {type(e).__name__}: {e}"[:300]
         with self._cond:
             self._idle.append((sup, time.monotonic()))
             self._cond.notify()
@@ -107,6 +111,13 @@ class ParseService:
         with self._cond:
             self._idle.append((sup, time.monotonic()))
             self._cond.notify()
+
+    def ping(self) -> tuple:
+        """("pong", live workers, why the latest did not warm up): `mmrag up`'s health probe."""
+        with self._cond:
+            idle = [sup for sup, _ in self._idle]
+            busy = self._count - len(idle)
+        return ("pong", busy + sum(1 for sup in idle if sup.pid is not None), self.warm_error)
 
     def reap_idle(self) -> None:
         """Stop extra workers idle for `idle_s` (the first one stays)."""
@@ -153,6 +164,9 @@ class ParseService:
                     request = conn.recv()
                 except (EOFError, OSError):
                     return
+                if request == ("ping",):
+                    conn.send(self.ping())
+                    continue
                 if not isinstance(request, tuple) or not request or request[0] != "parse":
                     conn.send(("error", "ValueError", f"unknown request {str(request)[:80]!r}", False, False, ""))
                     continue

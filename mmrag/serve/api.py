@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None, api_key: str | None = None, war
     per_key_lock = threading.Lock()
     app = FastAPI(title="mmrag", summary="Query a multimodal RAG index", docs_url=None, redoc_url=None)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
-    metrics = ApiMetrics(settings.state_path)
+    metrics = ApiMetrics(settings.state_path, settings.home)
     app.middleware("http")(metrics.middleware())
     app.state.service = service
 
@@ -169,7 +169,16 @@ def create_app(settings: Settings | None = None, api_key: str | None = None, war
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok"}
+        """200 while this API answers. Under `mmrag up`, also each part's state (`mmrag.serve.health`):
+        `status` is "degraded" when a part is broken, restarting or stopped ("starting" while one starts)."""
+        from mmrag.serve import health
+
+        board = health.read(settings.home)
+        if board is None:
+            return {"status": "ok"}
+        return {"status": board["status"], "parts": {name: {k: p.get(k) for k in ("state", "since", "reason", "restarts",
+                                                                                    "failures")}
+                                                     for name, p in board["parts"].items()}}
 
     @app.get("/metrics")
     def prometheus_metrics(scope: Scope = Depends(caller)):  # noqa: B008 - FastAPI's dependency idiom

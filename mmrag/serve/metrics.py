@@ -7,6 +7,8 @@
   (`invalid_request_error`, `authentication_error`, `rate_limit_error`...; `server_error` for 5xx).
 - `mmrag_files{state}` and `mmrag_rows{modality}`: the index as the manifest records it, read when
   scraped (one grouped query each).
+- Under `mmrag up` (its health board, `mmrag.serve.health`): `mmrag_part_up{part}` (1 works, 0 not),
+  `mmrag_part_failures_total{part}` (times it became broken) and `mmrag_part_restarts_total{part}`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ERROR_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -48,8 +50,33 @@ class _IndexCollector:
         yield rows
 
 
+class _PartsCollector:
+    """`mmrag up`'s parts from its health board, when scraped (nothing when no `up` runs)."""
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    def collect(self):
+        from mmrag.serve import health
+
+        board = health.read(self.home)
+        if board is None:
+            return
+        up = GaugeMetricFamily("mmrag_part_up", "Whether a part of mmrag up works (1) or not (0)", labels=["part"])
+        failures = CounterMetricFamily("mmrag_part_failures", "Times a part of mmrag up became broken", labels=["part"])
+        restarts = CounterMetricFamily("mmrag_part_restarts", "Times a part of mmrag up was started again",
+                                       labels=["part"])
+        for name, part in sorted(board["parts"].items()):
+            up.add_metric([name], 1 if part.get("state") == "ok" else 0)
+            failures.add_metric([name], part.get("failures", 0))
+            restarts.add_metric([name], part.get("restarts", 0))
+        yield up
+        yield failures
+        yield restarts
+
+
 class ApiMetrics:
-    def __init__(self, state_path: Path):
+    def __init__(self, state_path: Path, home: Path | None = None):
         self.registry = CollectorRegistry()
         self.requests = Counter("mmrag_api_requests", "HTTP requests answered", ["route", "method", "status"],
                                 registry=self.registry)
@@ -57,6 +84,8 @@ class ApiMetrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.errors = Counter("mmrag_api_errors", "Error replies by kind", ["kind"], registry=self.registry)
         self.registry.register(_IndexCollector(Path(state_path)))
+        if home is not None:
+            self.registry.register(_PartsCollector(Path(home)))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

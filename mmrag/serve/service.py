@@ -182,6 +182,10 @@ def status_json(settings: Settings, scope: Scope = OPEN) -> dict:
         }
     everything = manifest.usage() if scope.everything else seen
     out = {"fingerprint": fp, "sources": sources, "usage": summary(everything, prices)}
+    if scope.everything:  # `mmrag up`'s parts, while it runs (mmrag.serve.health)
+        from mmrag.serve import health
+
+        out["service"] = health.read(settings.home)
     if price_error:
         out["usage"]["cost_error"] = price_error
     return out

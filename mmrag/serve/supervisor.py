@@ -46,6 +46,7 @@ class Child:
     restarts: int = 0
     log: Path | None = None
     extra_env: dict = field(default_factory=dict)
+    started_at: float = 0.0  # time.time() of its latest start
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -61,17 +62,23 @@ def free_port() -> int:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], env: dict, log_dir: Path, say: Callable[[str], None] = print):
+    def __init__(self, children: list[Child], env: dict, log_dir: Path, say: Callable[[str], None] = print,
+                 board=None):
         self.children, self.env, self.log_dir, self.say = children, env, log_dir, say
+        self.board = board  # mmrag.serve.health.HealthBoard: each part's state, when `up` keeps one
         self.on_started: dict[str, Callable[[Child], None]] = {}  # child name -> called once it is up
         self.killed: list[str] = []  # children that needed SIGKILL to stop
         self._stopping = False
+        self._t0 = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, child: Child, wait_s: float = 180.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         child.log = self.log_dir / f"{child.name}.log"
         out = open(child.log, "ab")
+        child.started_at = time.time()
+        if self.board is not None and self.board.parts.get(child.name) and self.board.parts[child.name].state != "restarting":
+            self.board.set(child.name, "starting")
         child.proc = subprocess.Popen(child.cmd, env={**self.env, **child.extra_env}, stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
@@ -108,7 +115,9 @@ class Supervisor:
             self.say(f"mmrag up: {child.name} exited with {_status(code)}; last lines of {child.log}:\n{_tail(child.log)}")
             if child.restarts >= RESTARTS:
                 self.say(f"mmrag up: {child.name} failed {child.restarts + 1} times: stopping")
+                self._mark(child.name, "stopped", f"exited with {_status(code)} {child.restarts + 1} times")
                 return False
+            self._mark(child.name, "restarting", f"exited with {_status(code)}")
             child.restarts += 1
             self.say(f"mmrag up: restarting {child.name} ({child.restarts}/{RESTARTS})")
             try:
@@ -116,6 +125,19 @@ class Supervisor:
             except RuntimeError as e:
                 self.say(f"mmrag up: {e}")
         return True
+
+    def _mark(self, name: str, state: str, reason: str = "") -> None:
+        if self.board is not None:
+            self.board.set(name, state, reason)
+
+    def alive(self, name: str) -> bool:
+        """Whether the part `name` is a live child (a part that is no child, like `runs`, counts as alive)."""
+        child = next((c for c in self.children if c.name == name), None)
+        return child is None or (child.proc is not None and child.proc.poll() is None and not self._stopping)
+
+    def started_at(self, name: str) -> float:
+        child = next((c for c in self.children if c.name == name), None)
+        return child.started_at if child is not None else self._t0
 
     def stop_all(self) -> None:
         """SIGTERM to every child's process group (last started first), SIGKILL to any still there after
@@ -136,6 +158,8 @@ class Supervisor:
                 self.say(f"mmrag up: {child.name} did not stop within {STOP_GRACE_S:.0f} s of SIGTERM: killed")
         if self.killed:
             self.say(f"mmrag up: {len(self.killed)} part(s) killed after the grace period: {', '.join(self.killed)}")
+        for child in self.children:
+            self._mark(child.name, "stopped", "up stopped" + (" (killed)" if child.name in self.killed else ""))
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float, signal_first: bool = True) -> bool:
@@ -186,8 +210,9 @@ def counts_line(manifest) -> str:
             f"{c[Status.SKIPPED]} skipped")
 
 
-def run_children(sup: Supervisor, manifest, poll_s: float = 1.0) -> int:
-    """Supervise until a signal (0) or a child out of restarts (1)."""
+def run_children(sup: Supervisor, manifest, poll_s: float = 1.0, monitor=None) -> int:
+    """Supervise until a signal (0) or a child out of restarts (1); `monitor` (a
+    mmrag.serve.health.HealthMonitor) probes the parts once they are started."""
     stop = {"sig": None}
 
     def on_signal(signum, _frame):
@@ -196,8 +221,14 @@ def run_children(sup: Supervisor, manifest, poll_s: float = 1.0) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code, last = 0, ""
     try:
+        if sup.board is not None:
+            sup.board.write()  # every part "starting" until probed: /healthz never says "ok" too early
         sup.start_all()
-        sup.say("mmrag up: running; Ctrl-C stops every part")
+        if monitor is not None:
+            monitor.check_once()  # every part's state before "running" is said
+            monitor.start()
+        sup.say("mmrag up: running; Ctrl-C stops every part" + (f" (health: {sup.board.overall()}; GET /healthz "
+                                                                 "or mmrag status shows each part)" if sup.board else ""))
         while stop["sig"] is None:
             if not sup.check():
                 code = 1
@@ -215,6 +246,8 @@ def run_children(sup: Supervisor, manifest, poll_s: float = 1.0) -> int:
         code = 1
     finally:
         sup.say("mmrag up: stopping")
+        if monitor is not None:
+            monitor.stop()
         sup.stop_all()
         for s, h in old.items():
             signal.signal(s, h)
