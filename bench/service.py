@@ -156,10 +156,6 @@ def freshness(files: int, interval: int, mode: str, indexed: int = 0, clients: i
     `warm-llm-embed` with the text embeddings there too (MMRAG_TEXT_EMBED_BACKEND=openai)."""
     import contextlib
 
-    import httpx
-
-    from mmrag.serve.supervisor import free_port
-
     assert mode in MODES, mode
     warm, llm_on, served_embed = mode != "cold", "llm" in mode, mode.endswith("embed")
     with contextlib.ExitStack() as stack:

@@ -199,3 +199,46 @@ def open_instance_together(go: Path, homes: list[Path], settle_s: float = 6.0, *
         stdout, stderr = p.communicate(timeout=300)
         out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
     return out
+
+
+def health(api: str) -> dict:
+    """`GET /healthz` of a running API ({} while it does not answer)."""
+    try:
+        return httpx.get(f"{api}/healthz", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def assert_every_part_reported(api: str, env: dict, proc, log) -> None:
+    """Under `mmrag up`: every part works, as `GET /healthz`, `mmrag status --json` and `/metrics` say."""
+    board = wait_while_up("every part working", lambda: (h := health(api)).get("status") == "ok" and h, 300, proc, log)
+    assert set(board["parts"]) == {"milvus", "embed", "parse", "daemon", "dagster", "api", "ui", "runs"}, board
+    st = subprocess.run([sys.executable, "-m", "mmrag.cli", "status", "--json"], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+    assert json.loads(st.stdout)["service"]["status"] == "ok", st.stderr[-2000:]
+    assert 'mmrag_part_up{part="daemon"} 1.0' in httpx.get(f"{api}/metrics", timeout=10).text
+
+
+def assert_reported_broken(proc, log, api: str, env: dict, needle: str, part: str) -> None:
+    """Freeze the child of `mmrag up` whose command line holds `needle` (SIGSTOP: its port still accepts,
+    its answers stop): `up` says "<part> is BROKEN" within seconds, `/healthz`, `mmrag status` and
+    `/metrics` say so; resumed, it is said to work again."""
+    import psutil
+
+    child = next(p for p in psutil.Process(proc.pid).children() if needle in " ".join(p.cmdline()))
+    t0 = time.monotonic()
+    child.suspend()
+    try:
+        wait_while_up(f"{part} reported broken", lambda: f"{part} is BROKEN" in log.read_text(), 60, proc, log)
+        assert time.monotonic() - t0 < 30  # a probe every 3 s, each given up on after 12 s
+        h = health(api)
+        assert h["status"] == "degraded" and h["parts"][part]["state"] == "broken", h
+        assert "did not answer" in h["parts"][part]["reason"] or "timed out" in h["parts"][part]["reason"].lower(), h
+        assert f'mmrag_part_up{{part="{part}"}} 0.0' in httpx.get(f"{api}/metrics", timeout=10).text
+        text = subprocess.run([sys.executable, "-m", "mmrag.cli", "status"], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=120).stdout
+        assert "mmrag up: degraded" in text and part in text and "broken" in text, text
+    finally:
+        child.resume()
+    wait_while_up(f"{part} working again", lambda: f"{part} works again" in log.read_text(), 60, proc, log)
+    assert f'mmrag_part_failures_total{{part="{part}"}} 1.0' in httpx.get(f"{api}/metrics", timeout=10).text

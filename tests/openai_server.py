@@ -276,6 +276,10 @@ class FakeOpenAIServer:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeOpenAIServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes: with Nagle's algorithm on, the body waits for the client's
+    # delayed ACK of the headers on a kept-alive connection (~40 ms per reply, measured: rerank p50 52 ms
+    # against 2-12 ms). Real servers (uvicorn under vLLM) set TCP_NODELAY too.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass

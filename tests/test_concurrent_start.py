@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,12 @@ from conftest import REPO
 from helpers import folder, free_port, open_instance_together, wait_ready
 
 from mmrag.serve.supervisor import port_open, stop_group, venv_tool
+
+def _env(home: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
+    env.update(MMRAG_HOME=str(home), MMRAG_CLIP_PRETRAINED="random", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **extra)
+    return env
+
 
 def test_a_new_instance_opened_by_several_processes_at_once(tmp_path):
     """Four processes open the same new DAGSTER_HOME at the same moment (what `mmrag up` does with the
@@ -45,8 +50,8 @@ def _notes(tmp_path: Path, n: int, per: int = 2) -> list[Path]:
                                         for j in range(per)}) for i in range(n)]
 
 
-def _all_indexed(procs: list[subprocess.Popen], folders: list[Path], home: Path, extra: dict) -> list[str]:
-    """Each ingest succeeded and indexed its folder; returns their stderr."""
+def _all_indexed(procs: list[subprocess.Popen], folders: list[Path], home: Path, extra: dict, again: bool = True) -> list[str]:
+    """Each ingest succeeded and indexed its folder; `again`: one more ingest changes nothing. Their stderr."""
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=600)
@@ -57,6 +62,8 @@ def _all_indexed(procs: list[subprocess.Popen], folders: list[Path], home: Path,
     # the index holds every file's rows, each once (one more ingest changes nothing)
     text_rows = max(res["text_rows"] for res, _ in outs)
     assert text_rows == sum(len(list(r.iterdir())) for r in folders)
+    if not again:
+        return [err for _, err in outs]
     again = subprocess.run([sys.executable, "-m", "mmrag.cli", "ingest", str(folders[0]), "--json"], env=_env(home, **extra),
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -99,4 +106,4 @@ def test_concurrent_ingests_with_a_milvus_server_write_at_once(tmp_path, milvus_
     home = tmp_path / "home"
     extra = {"MMRAG_MILVUS_URI": milvus_server}
     procs = [_ingest(root, home, **extra) for root in folders]
-    _all_indexed(procs, folders, home, extra)
+    _all_indexed(procs, folders, home, extra, again=False)

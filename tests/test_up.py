@@ -23,7 +23,7 @@ from browser_tools import _ask as _ask_page
 from browser_tools import _no_traceback
 from conftest import REPO, SAMPLE
 from crash_tools import diff, env_for, index_state, new_home
-from helpers import wait_while_up
+from helpers import assert_every_part_reported, assert_reported_broken, wait_while_up
 from openai_server import FakeOpenAIServer, lightrag_aware
 
 from mmrag.serve.supervisor import free_port, port_open
@@ -109,6 +109,11 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     api, proc, log, docs = up["api"], up["proc"], up["log"], up["docs"]
     wait_while_up("duck.md in the API's hits", lambda: "duck.md" in _files(_ask(api, "Which ducks dabble?")), 240, proc, log)
 
+    # Health: every part works; a service frozen (listening, answering nothing) is named broken, then works again.
+    assert_every_part_reported(api, up["env"], proc, log)
+    for needle, part in (("parse-server", "parse"), ("embed-server", "embed")):
+        assert_reported_broken(proc, log, api, up["env"], needle, part)
+
     # The CLI works beside it: `mmrag ingest` goes to up's Milvus server (not the locked data dir).
     other = docs.parent / "other"
     other.mkdir()
@@ -186,6 +191,7 @@ def test_up_serves_a_live_index_and_stops_cleanly(up, browser):
     assert len(children) >= 7  # milvus, embedding and parse services, daemon (+ its code server), webserver, api, ui
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert not (up["home"] / "health.json").exists()  # withdrawn: no `up`, no health board
     time.sleep(1)
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not any(port_open(p) for p in up["ports"].values())
