@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mmrag.cli.common import EXIT_BAD_ROOT, source_name
+from mmrag.cli.common import EXIT_BAD_ROOT, EXIT_BUSY, source_name
 from mmrag.config import Settings
 from mmrag.orchestration.instance import REPO_ROOT, ensure_dagster_home
 
@@ -169,6 +169,14 @@ def cmd_up(args) -> int:
     if settings.is_milvus_lite:
         port = args.milvus_port or free_port()
         data_dir = settings.resolved_milvus_uri
+        # an ingest holding the data dir finishes first; then every process uses up's server (discovery)
+        from mmrag.index import lite_lock
+
+        try:
+            lite_lock.hold(data_dir, settings.slot_wait_s, say=lambda m: print(f"mmrag up: {m}", flush=True))
+        except lite_lock.IndexBusyError as e:
+            print(f"mmrag up: {e}", file=sys.stderr)
+            return EXIT_BUSY
         children.append(Child("milvus", [venv_tool("milvus-lite"), "server", "--data-dir", data_dir,
                                          "--host", "127.0.0.1", "--port", str(port)], ready_port=port,
                               listens=f"grpc://127.0.0.1:{port} (Milvus Lite server on {data_dir})"))

@@ -10,7 +10,8 @@ process waits for it, saying who holds it (`<data dir>.writer.json`), up to its 
 Where it is taken matters: `mmrag ingest` takes it before it plans and before any of its runs asks
 for a Dagster pool slot (`sync_folder`), so the order is always this lock, then the `mmrag_index`
 pool, then Milvus Lite: a process holding the pool never waits for a process that waits for the pool.
-Every other opener (a query, `mmrag check`, a run launched by the daemon) takes it in `connect`.
+Every other opener (a query, `mmrag check`, a run launched by the daemon) takes it in `connect`;
+`mmrag up` takes it before it starts its Milvus server on the data dir, and keeps it while it runs.
 A Milvus server (MMRAG_MILVUS_URI, or the one `mmrag up` runs on the data dir) needs none of this.
 """
 
@@ -88,7 +89,9 @@ def hold(uri: str, wait_s: float, say: Callable[[str], None] = lambda msg: None,
         try:
             import sys
 
-            cmd = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+            prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+            name = "mmrag" if prog.name == "mmrag" or prog.parent.parts[-2:] == ("mmrag", "cli") else prog.name
+            cmd = " ".join([name, *sys.argv[1:]])[:200]
             info_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "cmd": cmd}))
         except OSError:
             pass  # only the waiting message reads it
