@@ -8,6 +8,9 @@ persisted), `graph-persisted` (LightRAG's files written, the manifest not yet), 
 (the manifest committed, the snapshot not yet dropped), `cleanup` (a deleted file's rows removed,
 its graph and manifest entry not yet), `parse-service` (the parse service took a file, kills the service).
 
+`MMRAG_FAIL_AT=definitions` raises while the Dagster definitions load (a code location that fails to
+load, for `mmrag up`'s health test).
+
 `MMRAG_PLANT=milvus-stale-row:<file key>` plants a fault instead of a kill: right after the stage
 wrote that file's rows, a copy of one under another id (what a second writer on the same collections,
 or a lost delete, leaves), so the asset check must catch it.
