@@ -11,6 +11,13 @@ from mmrag.models import factory
 from mmrag_resources._settings import resolved
 
 
+# A step holds an `mmrag_index` pool slot while it opens Milvus: waiting long there for a Milvus Lite data
+# dir held by another process could wait on a process that waits for that slot (mmrag.index.lite_lock).
+# `mmrag ingest` takes the data dir before its runs start, so its steps never wait here; a run launched by
+# the daemon (`mmrag dev`) beside it fails after this wait and is requested again by the sensor.
+STEP_LITE_WAIT_S = 10.0
+
+
 class MilvusResource(ConfigurableResource):
     """Unset fields come from MMRAG_MILVUS_URI / _TOKEN / _DB / MMRAG_COLLECTION_PREFIX at run time."""
 
@@ -32,7 +39,7 @@ class MilvusResource(ConfigurableResource):
 
     def index(self, text_dim: int, image_dim: int | None) -> MilvusStore:
         """The store with its collections and indexes created (idempotent, once per process)."""
-        return factory.milvus_index(self.settings(), text_dim, image_dim)
+        return factory.milvus_index(self.settings(), text_dim, image_dim, wait_s=STEP_LITE_WAIT_S)
 
     def store(self) -> MilvusStore:
-        return factory.milvus_store(self.settings())
+        return factory.milvus_store(self.settings(), wait_s=STEP_LITE_WAIT_S)

@@ -56,6 +56,9 @@ from mmrag.models.tokenizer import TOKENIZER
 
 __all__ = ["MODES", "GraphSessionError", "GraphStore", "chunk_id", "chunk_text", "lr_doc_id"]
 MODES = ("naive", "local", "global", "hybrid", "mix")
+# LightRAG opens a Milvus Lite data dir on its own: taken for this process first (mmrag.index.lite_lock); a
+# process that already holds it (every ingest, the query service) does not wait at all.
+LITE_WAIT_S = 10.0
 
 
 class GraphStore:
@@ -107,6 +110,12 @@ class GraphStore:
                 adapter.patch_atomic_writes()
                 self.session.loaded()
                 ex, emb = self.extractor, self.embeddings
+                from mmrag.config import is_lite_uri
+
+                if is_lite_uri(self.milvus_uri):  # LightRAG opens Milvus Lite itself: take the data dir first
+                    from mmrag.index import lite_lock
+
+                    lite_lock.hold(self.milvus_uri, LITE_WAIT_S)
                 with adapter.milvus_env(self.milvus_uri, self.milvus_token, self.milvus_db):
                     # closures, not bound methods: LightRAG deep-copies its config, bound methods would copy self
                     rag = self.run(adapter.open_lightrag(

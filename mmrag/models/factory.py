@@ -214,9 +214,10 @@ def milvus_store(settings: Settings, wait_s: float | None = None) -> "MilvusStor
                        wait_s=settings.slot_wait_s if wait_s is None else wait_s)
 
 
-def milvus_index(settings: Settings, text_dim: int, image_dim: int | None) -> "MilvusStore":
+def milvus_index(settings: Settings, text_dim: int, image_dim: int | None,
+                 wait_s: float | None = None) -> "MilvusStore":
     """`milvus_store` with its collections and indexes created (idempotent, once per process)."""
-    store = milvus_store(settings)
+    store = milvus_store(settings, wait_s)
     key = (store.uri, store.prefix, text_dim, image_dim)
     if key not in _ensured:
         store.ensure_collections(text_dim, image_dim)
