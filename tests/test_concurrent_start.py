@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from helpers import folder, free_port, open_instance_together, wait_ready
+from helpers import folder, milvus_lite_server, open_instance_together
 
-from mmrag.serve.supervisor import port_open, stop_group, venv_tool
 
 def _env(home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "DAGSTER_HOME"}
@@ -85,17 +84,8 @@ def test_concurrent_ingests_on_the_embedded_default_wait_their_turn(tmp_path):
 
 @pytest.fixture
 def milvus_server(tmp_path):
-    port = free_port()
-    log = tmp_path / "milvus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([venv_tool("milvus-lite"), "server", "--data-dir", str(tmp_path / "milvus"),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        wait_ready("milvus-lite server", lambda: port_open(port), proc, 120, lambda: log.read_text()[-2000:])
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_group(proc, 30)
+    with milvus_lite_server(tmp_path) as uri:
+        yield uri
 
 
 @pytest.mark.slow

@@ -20,12 +20,10 @@ import httpx
 import psutil
 import pytest
 from conftest import REPO
-from helpers import free_port, wait_ready, wait_while_up
+from helpers import free_port, milvus_lite_server, wait_while_up
 from openai_server import FakeOpenAIServer, lightrag_aware
 from test_postgres import _assert_postgres, pg_server  # noqa: F401 - the module's PostgreSQL server
 from test_production_settings import EMBED_MODEL, LLM_MODEL, embedded, words_embedding
-
-from mmrag.serve.supervisor import port_open, stop_group, venv_tool
 
 pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
 
@@ -33,17 +31,8 @@ pytestmark = pytest.mark.slow  # the fast loop: pytest -m "not slow"
 @pytest.fixture
 def milvus(tmp_path):
     """A Milvus server of its own (what MMRAG_MILVUS_URI names in a deployment), not a child of `up`."""
-    port = free_port()
-    log = tmp_path / "milvus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([venv_tool("milvus-lite"), "server", "--data-dir", str(tmp_path / "milvus"),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        wait_ready("milvus-lite server", lambda: port_open(port), proc, 120, lambda: log.read_text()[-2000:])
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_group(proc, 30)  # SIGTERM, then SIGKILL: a server slow to stop never fails the test
+    with milvus_lite_server(tmp_path) as uri:
+        yield uri
 
 
 def _ask(api: str, question: str) -> dict:
