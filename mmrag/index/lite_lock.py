@@ -77,7 +77,8 @@ def hold(uri: str, wait_s: float, say: Callable[[str], None] = lambda msg: None,
                     return False
                 if time.monotonic() >= deadline:
                     raise IndexBusyError(
-                        f"the Milvus Lite index at {uri} stayed in use by {holder(uri)} for {wait_s:.0f} s. "
+                        f"the Milvus Lite index at {uri} is in use by another process ({holder(uri)}; waited "
+                        f"{wait_s:.0f} s). "
                         "Milvus Lite allows one process at a time: retry when it finishes, raise "
                         "MMRAG_SLOT_WAIT_S, or point MMRAG_MILVUS_URI at a Milvus server (or run `mmrag up`, "
                         "which serves the data dir to every process).") from None
