@@ -49,11 +49,6 @@ def holder(uri: str) -> str:
         return "another process"
 
 
-def holds(uri: str) -> bool:
-    """Whether this process holds the data dir."""
-    return str(Path(uri).resolve()) in _held
-
-
 def hold(uri: str, wait_s: float, say: Callable[[str], None] = lambda msg: None,
          give_up: Callable[[], bool] = lambda: False, poll_s: float = 1.0) -> bool:
     """Take the data dir for this process (kept until it exits), waiting up to `wait_s` while another

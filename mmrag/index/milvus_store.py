@@ -34,8 +34,6 @@ MAX_TEXT = 65535
 _INSERT_BATCH = 2000
 
 
-
-
 @dataclass
 class Row:
     id: str
@@ -238,16 +236,14 @@ class MilvusStore:
             if not self.client.has_collection(name):
                 raise
             log.info("collection %s was created by another process meanwhile", name)
-            for attempt in range(60):  # its index may still be on the way: loading waits for it
-                try:
+            from tenacity import Retrying, retry_if_not_exception_type, stop_after_delay, wait_fixed
+
+            # its index may still be on the way: loading is retried for 30 s (a dimension mismatch is not)
+            for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True,
+                                    retry=retry_if_not_exception_type(ValueError)):
+                with attempt:
                     self._check_dim(name, dim)
-                    return
-                except ValueError:
-                    raise
-                except Exception:
-                    if attempt == 59:
-                        raise
-                    time.sleep(0.5)
+            return
         self.client.load_collection(name)
 
     def _check_dim(self, name: str, dim: int) -> None:

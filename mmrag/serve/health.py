@@ -306,20 +306,27 @@ def milvus_probe(uri: str, timeout_s: float = 5.0) -> Probe:
     return probe
 
 
+_instances: dict[str, object] = {}
+_instances_lock = threading.Lock()
+
+
+def _instance(dagster_home: Path):
+    """One Dagster instance per DAGSTER_HOME for the probes of this process (they run in threads)."""
+    with _instances_lock:
+        key = str(dagster_home)
+        if key not in _instances:
+            from dagster import DagsterInstance
+
+            _instances[key] = DagsterInstance.from_config(key)
+        return _instances[key]
+
+
 def daemon_probe(dagster_home: Path, sensor_interval_s: float, started_at: Callable[[], float],
                  grace_s: float = START_GRACE_S) -> Probe:
     """Dagster's daemon heartbeats (fresh, no errors) and the `watch_folders` sensor's ticks."""
-    box: dict = {}
-
-    def instance():
-        if "i" not in box:
-            from dagster import DagsterInstance
-
-            box["i"] = DagsterInstance.from_config(str(dagster_home))
-        return box["i"]
 
     def probe() -> tuple[bool, str]:
-        inst = instance()
+        inst = _instance(dagster_home)
         for kind, status in inst.get_daemon_statuses(["SENSOR", "QUEUED_RUN_COORDINATOR"]).items():
             errors = status.last_heartbeat.errors if status.last_heartbeat is not None else None
             if errors:
@@ -361,16 +368,13 @@ def last_sensor_tick(instance, name: str):
 def runs_probe(dagster_home: Path) -> Probe:
     """A run that failed at launch (ended FAILURE without the executing process ever tagging it) since the
     latest run that started is a broken part: the sensor asks for runs that never index anything."""
-    box: dict = {}
 
     def probe() -> tuple[bool, str]:
-        from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+        from dagster import DagsterRunStatus, RunsFilter
 
         from mmrag.orchestration.runs import PID_TAG
 
-        if "i" not in box:
-            box["i"] = DagsterInstance.from_config(str(dagster_home))
-        inst = box["i"]
+        inst = _instance(dagster_home)
         for run in inst.get_runs(RunsFilter(job_name="ingest_job"), limit=5):
             if run.tags.get(PID_TAG):
                 return True, ""  # the latest run that started: launches work
