@@ -14,8 +14,9 @@ Children, started in this order and stopped in the reverse one:
 4. the query API (`mmrag api`) and the chat page (`mmrag ui`).
 
 A child that exits is reported with its exit status and the last lines of its log
-($MMRAG_HOME/logs/<name>.log) and started again, at most `RESTARTS` times; then `up` stops everything
-and exits 1. SIGINT (Ctrl-C) or SIGTERM stops the children (SIGTERM, then SIGKILL after a grace
+($MMRAG_HOME/logs/<name>.log) and started again, at most `RESTARTS` times within `RESTART_WINDOW_S`
+(a part that crashes now and then over weeks is restarted each time; one that crashes in a loop is
+not); then `up` stops everything and exits 1. SIGINT (Ctrl-C) or SIGTERM stops the children (SIGTERM, then SIGKILL after a grace
 period) and leaves none running. While it runs it prints one status line whenever the manifest's
 counts change.
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 RESTARTS = 3
+RESTART_WINDOW_S = 600.0
 STOP_GRACE_S = 15.0
 
 
@@ -43,7 +45,8 @@ class Child:
     ready_port: int | None = None  # accepting connections here = started
     listens: str = ""  # what to print
     proc: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0  # since `up` started
+    restarted: list[float] = field(default_factory=list)  # time.monotonic() of the restarts in the window
     log: Path | None = None
     extra_env: dict = field(default_factory=dict)
     started_at: float = 0.0  # time.time() of its latest start
@@ -113,13 +116,18 @@ class Supervisor:
                 continue
             code = child.proc.returncode
             self.say(f"mmrag up: {child.name} exited with {_status(code)}; last lines of {child.log}:\n{_tail(child.log)}")
-            if child.restarts >= RESTARTS:
-                self.say(f"mmrag up: {child.name} failed {child.restarts + 1} times: stopping")
-                self._mark(child.name, "stopped", f"exited with {_status(code)} {child.restarts + 1} times")
+            now = time.monotonic()
+            child.restarted = [t for t in child.restarted if now - t < RESTART_WINDOW_S]
+            if len(child.restarted) >= RESTARTS:
+                minutes = RESTART_WINDOW_S / 60
+                self.say(f"mmrag up: {child.name} failed {RESTARTS + 1} times within {minutes:.0f} min: stopping")
+                self._mark(child.name, "stopped", f"exited with {_status(code)} {RESTARTS + 1} times in {minutes:.0f} min")
                 return False
             self._mark(child.name, "restarting", f"exited with {_status(code)}")
             child.restarts += 1
-            self.say(f"mmrag up: restarting {child.name} ({child.restarts}/{RESTARTS})")
+            child.restarted.append(now)
+            self.say(f"mmrag up: restarting {child.name} ({len(child.restarted)}/{RESTARTS} in "
+                     f"{RESTART_WINDOW_S / 60:.0f} min, {child.restarts} since start)")
             try:
                 self.start(child)
             except RuntimeError as e:
