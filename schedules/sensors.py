@@ -10,6 +10,11 @@ the first time, then after the retry backoff (MMRAG_RETRY_BACKOFF_S, doubling), 
 failing is not relaunched every tick. Deletions whose clean-up run ended without removing the file
 are requested again the same way. Each tick first marks runs whose process died as failed and frees
 their pool slots (`mmrag.orchestration.runs`).
+
+While a run this sensor requested is still queued (waiting for the daemon to launch it: the runs of a
+Milvus Lite index go one at a time), new work waits for the next tick instead of becoming a run of its
+own behind it: when files keep coming faster than runs end (a burst, a busy machine), they are batched
+into one run per launch, not one run per tick, each paying the process start and the model loads.
 """
 
 
@@ -46,20 +51,24 @@ def _run_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _runs_by_key(instance, run_keys: list[str]) -> tuple[set[str], set[str]]:
-    """Of `run_keys`: those with a run (queued, in flight or ended), and those whose run has ended
-    (success, failure, canceled). A key whose run the daemon has not created yet is in neither."""
-    from dagster import RunsFilter
+def _runs_by_key(instance, run_keys: list[str]) -> tuple[set[str], set[str], set[str]]:
+    """Of `run_keys`: those with a run (queued, in flight or ended), those whose run has ended
+    (success, failure, canceled), and those whose run is still queued (not launched yet). A key whose
+    run the daemon has not created yet is in none."""
+    from dagster import DagsterRunStatus, RunsFilter
 
     keys = sorted(set(run_keys))
     exists: set[str] = set()
     ended: set[str] = set()
+    queued: set[str] = set()
     for i in range(0, len(keys), 500):
         for run in instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys[i:i + 500]})):
             exists.add(run.tags[RUN_KEY_TAG])
             if run.is_finished:
                 ended.add(run.tags[RUN_KEY_TAG])
-    return exists, ended
+            elif run.status in (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED):
+                queued.add(run.tags[RUN_KEY_TAG])
+    return exists, ended, queued
 
 
 def _watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, milvus: MilvusResource):
@@ -72,9 +81,12 @@ def _watch_folders(context: SensorEvaluationContext, data_dir: DataDirResource, 
                    log=context.log.warning)
     now = time.time()
     book = RequestBook.from_cursor(context.cursor, found.partitions)
-    exists, ended = _runs_by_key(context.instance, book.run_keys())
+    exists, ended, queued = _runs_by_key(context.instance, book.run_keys())
     for warning in book.settle(found.records, exists, ended, now, settings.retry_at, reaped=bool(found.reaped)):
         context.log.warning(warning)
+    if queued:  # new work joins the run after it, in one batch, once it is launched
+        return SensorResult(skip_reason=SkipReason(f"{len(queued)} requested run(s) still queued: new changes wait "
+                                                   "to be batched into the next run"), cursor=book.to_cursor())
 
     adds, deletes, to_run, notes = [], [], [], []
     for scan, plan in found.plans:

@@ -326,3 +326,33 @@ def _apply_partitions_only(instance, result):
     for req in result.dynamic_partitions_requests:
         if isinstance(req, AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+
+
+def test_new_files_wait_while_a_requested_run_is_queued_then_go_in_one_run(mmrag_env, tmp_path, monkeypatch):
+    """A burst faster than runs end: while the sensor's run is queued (not launched), new files are not
+    made runs of their own behind it; once it is launched, everything that came meanwhile is one run."""
+    from dagster import DagsterRunStatus
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# Alpha\n\nAlpha counts pochards.\n")
+    monkeypatch.setenv("MMRAG_WATCH", f"docs={root}")
+    instance = DagsterInstance.get()
+    first = _sensor_tick(instance)
+    _apply_partitions_only(instance, first)
+    from dagster import DagsterEvent, DagsterEventType
+
+    # Made, not launched (the daemon's QUEUED needs a code location's origin to be recorded by hand; the
+    # sensor treats NOT_STARTED and QUEUED alike).
+    run_id = _record_run(instance, first.run_requests[0], DagsterRunStatus.NOT_STARTED)
+    cursor = first.cursor
+    for name in ("b", "c", "d"):
+        (root / f"{name}.md").write_text(f"# {name}\n\nNote {name} counts teals.\n")
+        tick = _sensor_tick(instance, cursor)
+        assert not tick.run_requests and "still queued" in tick.skip_reason.skip_message
+        cursor = tick.cursor
+    # The daemon launches it: RUN_STARTING, as its run coordinator reports it.
+    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_STARTING.value, "ingest_job"), run_id)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTING
+    tick = _sensor_tick(instance, cursor)
+    assert [tuple(rr.tags[t] for t in RANGE) for rr in tick.run_requests] == [("docs:b.md", "docs:d.md")]
