@@ -177,3 +177,27 @@ def test_a_public_bind_needs_a_key_and_stopping_withdraws_the_server(api):
     res = _cli(env, "query", "Which ducks dabble?", "--top-k", "3", "--json")  # in-process again
     assert res.returncode == 0 and json.loads(res.stdout) == api["before"]
 
+
+
+def test_a_model_server_down_is_a_503_with_retry_after_not_a_500(tmp_path, monkeypatch):
+    """While `up` restarts its embedding service (or a vLLM server is down), a query gets a 503 that says
+    so, with Retry-After: the client's model call failed with a connection error after its retries."""
+    from fastapi.testclient import TestClient
+
+    from mmrag.config import Settings
+    from mmrag.models.llm import LLMClient
+    from mmrag.serve.api import create_app
+
+    monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))
+    app = create_app(Settings.from_env(), warm=False, keys={})
+    down = LLMClient(f"http://127.0.0.1:{free_port()}/v1", "m", retries=0)  # nothing listens there
+
+    def query(question, **kw):
+        return down.embed([question], "all-MiniLM-L6-v2")
+
+    app.state.service.query = query
+    r = TestClient(app, raise_server_exceptions=False).post("/v1/query", json={"question": "ducks"})
+    assert r.status_code == 503, r.text
+    assert r.headers["Retry-After"] == "5"
+    body = r.json()["error"]
+    assert body["type"] == "model_unavailable" and "retry shortly" in body["message"] and "connection" in body["message"]

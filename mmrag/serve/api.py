@@ -17,7 +17,9 @@ Models, the Milvus client and the graph load once per server (`QueryService`). W
 only its sources (`mmrag.serve.access`): a request for another source is a 403, and its hits, graph context,
 status and images never show one. Requests are bounded: question length, top_k, body size, and
 requests in flight per key (429 beyond). Bad input gets a 4xx whose body is
-`{"error": {"message": one line, "type": ...}}`, OpenAI's error shape.
+`{"error": {"message": one line, "type": ...}}`, OpenAI's error shape. A part that is down for a while
+(the Milvus Lite index held by another process, a model server or `up`'s embedding service restarting)
+gets a 503 with the reason (and `Retry-After` for a model server), never a 500.
 """
 
 from __future__ import annotations
@@ -163,8 +165,14 @@ def create_app(settings: Settings | None = None, api_key: str | None = None, war
     def _failed(_request, exc: Exception):
         from mmrag.index.milvus_store import IndexBusyError
 
+        from mmrag.models.llm import LLMError
+
         if isinstance(exc, IndexBusyError):
             return _error(503, str(exc), "index_busy")
+        if isinstance(exc, LLMError) and exc.retryable:  # a model server down or restarting: worth a retry
+            reply = _error(503, f"a model server is unavailable, retry shortly: {exc}", "model_unavailable")
+            reply.headers["Retry-After"] = "5"
+            return reply
         return _error(500, scrub(f"{type(exc).__name__}: {exc}"), "server_error")
 
     @app.get("/healthz")
