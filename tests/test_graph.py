@@ -269,3 +269,33 @@ def test_a_session_left_by_a_dead_process_is_rolled_back_by_the_next(tmp_path, e
         assert not again.snapshot.exists
     finally:
         again.close()
+
+
+def test_a_model_server_down_during_a_graph_query_raises_its_model_error(tmp_path, embed_fn):
+    """LightRAG turns a failed embedding call into a "failure" status with its text; the store raises
+    the model error itself, so the API can answer 503 "retry" (not 500) while a model server restarts."""
+    from mmrag.models.llm import LLMError
+
+    down = {"now": False}
+
+    def flaky(texts):
+        if down["now"]:
+            raise LLMError("embeddings to http://127.0.0.1:9/v1 failed after 4 attempts: connection error",
+                           retryable=True)
+        return embed_fn(texts)
+
+    s = open_store(tmp_path, flaky)
+    try:
+        fk = "s:paper.md"
+        doc = paper(fk, "Flow grows with pump speed.")
+        s.index_file(fk, doc, chunk_document(doc))
+        assert "pump" in s.query_context("pump speed", mode="naive", top_k=3).lower()
+        down["now"] = True
+        for sources in (None, ["s"]):
+            with pytest.raises(LLMError) as err:
+                s.query_context("pump speed", mode="naive", top_k=3, sources=sources)
+            assert err.value.retryable
+        down["now"] = False
+        assert "pump" in s.query_context("pump speed", mode="naive", top_k=3, sources=["s"]).lower()
+    finally:
+        s.close()

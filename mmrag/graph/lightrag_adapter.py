@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -185,13 +186,42 @@ def carry_usage(rag) -> None:
     queued_emb = emb.func
 
     async def llm(*a, **kw):
-        return await queued_llm(*a, **{_USAGE_KW: usage.capture(), **kw})
+        with _noting_model_errors():
+            return await queued_llm(*a, **{_USAGE_KW: usage.capture(), **kw})
 
     async def embed(*a, **kw):
-        return await queued_emb(*a, **{_USAGE_KW: usage.capture(), **kw})
+        with _noting_model_errors():
+            return await queued_emb(*a, **{_USAGE_KW: usage.capture(), **kw})
 
     rag.llm_model_func = llm
     emb.func = embed  # the EmbeddingFunc its storages hold
+
+
+_MODEL_ERRORS: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmrag_model_errors", default=None)
+
+
+@contextlib.contextmanager
+def _noting_model_errors():
+    """A model error raised to a LightRAG caller is also kept for `with_model_errors`: LightRAG's query
+    turns it into a "failure" status with its text, losing whether a retry could help."""
+    from mmrag.models.llm import LLMError
+
+    try:
+        yield
+    except LLMError as e:
+        if (box := _MODEL_ERRORS.get()) is not None:
+            box.append(e)
+        raise
+
+
+async def with_model_errors(coro: Coroutine) -> tuple[Any, list]:
+    """`coro`'s result, and the model errors (mmrag.models.llm.LLMError) its LightRAG calls met."""
+    box: list = []
+    token = _MODEL_ERRORS.set(box)
+    try:
+        return await coro, box
+    finally:
+        _MODEL_ERRORS.reset(token)
 
 
 def default_chunking(tokenizer, content, split_by, split_only, overlap, size):

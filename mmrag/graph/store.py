@@ -334,8 +334,10 @@ class GraphStore:
         self.refresh()
         if mode != "naive" and self.llm is None:
             p.hl_keywords, p.ll_keywords = [question], [question]
-        res = self.run(self.rag.aquery_llm(question, p))
+        res, model_errors = self.run(adapter.with_model_errors(self.rag.aquery_llm(question, p)))
         if res.get("status") == "failure":
+            if model_errors:  # a model server down (no results for want of a vector): the API's 503 "retry"
+                raise model_errors[-1]
             if res.get("metadata", {}).get("failure_reason") == "no_results":
                 return ""
             raise RuntimeError(res.get("message", "LightRAG query failed"))
@@ -356,8 +358,10 @@ class GraphStore:
         self.refresh()
         if mode != "naive" and self.llm is None:
             p.hl_keywords, p.ll_keywords = [question], [question]
-        res = self.run(self.rag.aquery_data(question, p))
+        res, model_errors = self.run(adapter.with_model_errors(self.rag.aquery_data(question, p)))
         if res.get("status") != "success":
+            if model_errors:
+                raise model_errors[-1]
             if res.get("metadata", {}).get("failure_reason") == "no_results" or not res.get("data"):
                 return ""
             raise RuntimeError(res.get("message", "LightRAG query failed"))
