@@ -39,3 +39,34 @@ def test_crashes_spread_over_time_are_each_restarted(tmp_path, monkeypatch):
         child.proc.wait(30)
     assert child.restarts == 3 * supervisor.RESTARTS
     assert len(child.restarted) == 1
+
+
+def test_clients_stop_before_what_they_talk_to(tmp_path):
+    """`up`'s stop goes tier by tier: the query API (tier 3) finishes while Milvus (tier 0) still runs."""
+    pidfile, seen = tmp_path / "backend.pid", tmp_path / "seen"
+    backend = Child("backend", [sys.executable, "-c", f"import os,time; open({str(pidfile)!r},'w').write(str(os.getpid())); "
+                                                      "time.sleep(600)"])
+    front = Child("front", [sys.executable, "-c", f"""
+import os, signal, sys, time
+def bye(*_):
+    time.sleep(0.5)  # in-flight requests finish
+    try:
+        os.kill(int(open({str(pidfile)!r}).read()), 0)
+        alive = "alive"
+    except OSError:
+        alive = "gone"
+    open({str(seen)!r}, "w").write(alive)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+time.sleep(600)
+"""], tier=3)
+    sup = Supervisor([backend, front], env={}, log_dir=tmp_path / "logs", say=lambda s: None)
+    sup.start_all()
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # the front has set its handler
+    sup.stop_all()
+    assert seen.read_text() == "alive"
+    assert backend.proc.poll() is not None and front.proc.poll() == 0
+    assert not sup.killed

@@ -194,7 +194,7 @@ def cmd_up(args) -> int:
         from mmrag.serve.embeddings import clip_name
 
         port = free_port()
-        children.append(Child("embed", [*me, "embed-server", "--port", str(port)], ready_port=port,
+        children.append(Child("embed", [*me, "embed-server", "--port", str(port)], ready_port=port, tier=1,
                               listens=f"http://127.0.0.1:{port}/v1 (embedding service: text model and CLIP)"))
         env["MMRAG_EMBED_SERVICE_URL"] = f"http://127.0.0.1:{port}/v1"
         embed = {"url": env["MMRAG_EMBED_SERVICE_URL"], "clip": clip_name(settings),
@@ -202,16 +202,16 @@ def cmd_up(args) -> int:
     if not args.no_parse_service and settings.parse_service:
         # one warm parse worker (Docling loaded) for every run; a run falls back to its own
         port = free_port()
-        children.append(Child("parse", [*me, "parse-server", "--port", str(port)], ready_port=port,
+        children.append(Child("parse", [*me, "parse-server", "--port", str(port)], ready_port=port, tier=1,
                               listens=f"127.0.0.1:{port} (parse service: supervised Docling/Whisper workers)"))
     children += [
-        Child("daemon", [venv_tool("dagster-daemon"), "run", "-w", workspace]),
+        Child("daemon", [venv_tool("dagster-daemon"), "run", "-w", workspace], tier=2),
         Child("dagster", [venv_tool("dagster-webserver"), "-w", workspace, "-h", args.host, "-p", str(args.dagster_port)],
-              ready_port=args.dagster_port, listens=f"http://{args.host}:{args.dagster_port} (Dagster UI)"),
+              ready_port=args.dagster_port, listens=f"http://{args.host}:{args.dagster_port} (Dagster UI)", tier=2),
         Child("api", [*me, "api", "--host", args.host, "--port", str(args.api_port)], ready_port=args.api_port,
-              listens=f"http://{args.host}:{args.api_port}/v1 (query API)"),
+              listens=f"http://{args.host}:{args.api_port}/v1 (query API)", tier=3),
         Child("ui", [*me, "ui", "--host", args.host, "--port", str(args.ui_port)], ready_port=args.ui_port,
-              listens=f"http://{args.host}:{args.ui_port} (chat page)"),
+              listens=f"http://{args.host}:{args.ui_port} (chat page)", tier=3),
     ]
     print(f"mmrag up: data dir {settings.home.resolve()}, watching {', '.join(sorted(manifest.sources()))}",
           flush=True)

@@ -50,6 +50,7 @@ class Child:
     log: Path | None = None
     extra_env: dict = field(default_factory=dict)
     started_at: float = 0.0  # time.time() of its latest start
+    tier: int = 0  # stopped after every child of a higher tier (its clients) has stopped
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -148,22 +149,21 @@ class Supervisor:
         return child.started_at if child is not None else self._t0
 
     def stop_all(self) -> None:
-        """SIGTERM to every child's process group (last started first), SIGKILL to any still there after
+        """Stop the children tier by tier, the highest `tier` first (the query API and chat page, then
+        Dagster, then the model services, then Milvus): a part never loses what it talks to while it still
+        answers. Each tier gets SIGTERM to every process group in it, then SIGKILL to any still there after
         STOP_GRACE_S; each kill is said and counted (`self.killed`)."""
         self._stopping = True
-        for child in reversed(self.children):
-            proc = child.proc
-            if proc is None or proc.poll() is not None:
-                continue
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for child in reversed(self.children):
-            proc = child.proc
-            if proc is None:
-                continue
-            if not stop_group(proc, max(0.1, deadline - time.monotonic()), signal_first=False):
-                self.killed.append(child.name)
-                self.say(f"mmrag up: {child.name} did not stop within {STOP_GRACE_S:.0f} s of SIGTERM: killed")
+        for tier in sorted({c.tier for c in self.children}, reverse=True):
+            group = [c for c in reversed(self.children) if c.tier == tier and c.proc is not None]
+            for child in group:
+                if child.proc.poll() is None:
+                    _signal_group(child.proc, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for child in group:
+                if not stop_group(child.proc, max(0.1, deadline - time.monotonic()), signal_first=False):
+                    self.killed.append(child.name)
+                    self.say(f"mmrag up: {child.name} did not stop within {STOP_GRACE_S:.0f} s of SIGTERM: killed")
         if self.killed:
             self.say(f"mmrag up: {len(self.killed)} part(s) killed after the grace period: {', '.join(self.killed)}")
         for child in self.children:
