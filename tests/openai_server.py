@@ -82,8 +82,12 @@ def default_responder(request_json: dict) -> str:
 
 def lightrag_aware(request_json: dict) -> str:
     """Extraction prompts get LightRAG-format entity lines (up to three capitalised words of the
-    chunk), merge prompts a fixed summary, keyword prompts the query's capitalised words, everything
-    else the default reply: deterministic."""
+    chunk), keyword prompts the query's capitalised words, everything else the default reply:
+    deterministic. A merge prompt (LightRAG summarizes an entity's descriptions once it has
+    `force_llm_summary_on_merge` of them) gets the distinct descriptions of its list, sorted, joined by
+    LightRAG's separator: a summary that depends on the facts merged, not on the order in which files
+    came and went, so two indexes of one folder built along different histories compare equal (and a
+    fact of a deleted file that survived in a summary shows as a difference)."""
     import re
 
     prompt = prompt_text(request_json)
@@ -95,7 +99,15 @@ def lightrag_aware(request_json: dict) -> str:
         lines = [f"entity{d}{w}{d}concept{d}{w} as mentioned in the text." for w in words]
         return "\n".join([*lines, "<|COMPLETE|>"])
     if "Description List" in prompt:
-        return "Merged description."
+        listed = re.findall(r"Description List:\s*```\n(.*?)\n```", prompt, re.S)
+        facts: set[str] = set()
+        for line in (listed[-1] if listed else "").splitlines():
+            try:
+                text = json.loads(line).get("Description", "")
+            except (ValueError, AttributeError):
+                text = line
+            facts.update(f.strip() for f in str(text).split("<SEP>") if f.strip())
+        return "<SEP>".join(sorted(facts)) or "Merged description."
     query = re.findall(r"User Query: (.*)", prompt)
     if query and "high_level_keywords" in prompt:  # keyword extraction: the query's capitalised words
         words = sorted(set(re.findall(r"\b[A-Z][a-z]{3,}\b", query[-1])))
