@@ -34,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+from soak_tools import RssSampler  # noqa: E402 - the per-part memory sampler the soak uses too
 WORDS = ("heron egret bittern ibis spoonbill stork crane rail coot gallinule plover lapwing dotterel turnstone "
          "sanderling dunlin knot stint curlew godwit whimbrel snipe woodcock phalarope avocet stilt").split()
 
@@ -75,75 +77,6 @@ def _seed(home: Path, docs: Path, n: int, extra: dict) -> float:
     return time.monotonic() - t0
 
 
-class _RssSampler:
-    """Peak resident memory per part of `up`, polled: each direct child of `up` with its descendants
-    (milvus, embed, parse, daemon, dagster, api, ui), except run processes (spawned by the daemon's
-    code server), counted apart with their own children (a parse worker of their own, when there is
-    no parse service)."""
-
-    PARTS = (("milvus-lite", "milvus"), ("embed-server", "embed"), ("parse-server", "parse"),
-             ("dagster-daemon", "daemon"), ("dagster-webserver", "dagster"), (" api ", "api"), ("streamlit", "ui"),
-             (" ui ", "ui"))
-
-    def __init__(self, pid: int, every_s: float = 0.5):
-        self.pid, self.every_s = pid, every_s
-        self.peak: dict[str, int] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _part(self, proc, cmd: str) -> str:
-        for needle, name in self.PARTS:
-            if needle in f" {cmd} ":
-                return name
-        return "other"
-
-    def _sample(self) -> None:
-        import psutil
-
-        try:
-            top = psutil.Process(self.pid)
-            kids = top.children()
-        except psutil.Error:
-            return
-        sums: dict[str, int] = {}
-        runs: list[int] = []
-        for kid in kids:
-            try:
-                part = self._part(kid, " ".join(kid.cmdline()))
-                tree = [kid, *kid.children(recursive=True)]
-            except psutil.Error:
-                continue
-            run_pids: set[int] = set()
-            for p in tree:
-                try:  # a run: a process the daemon's code server spawned (multiprocessing's spawn_main)
-                    if part == "daemon" and "spawn_main" in " ".join(p.cmdline()):
-                        sub = [p, *p.children(recursive=True)]
-                        run_pids.update(q.pid for q in sub)
-                        runs.append(sum(q.memory_info().rss for q in sub))
-                except psutil.Error:
-                    continue
-            for p in tree:
-                if p.pid in run_pids:
-                    continue
-                try:
-                    sums[part] = sums.get(part, 0) + p.memory_info().rss
-                except psutil.Error:
-                    continue
-        total = sum(sums.values()) + sum(runs)
-        for name, v in [*sums.items(), ("run (largest)", max(runs, default=0)), ("up (all parts)", total)]:
-            self.peak[name] = max(self.peak.get(name, 0), v)
-
-    def _loop(self) -> None:
-        while not self.stop.wait(self.every_s):
-            self._sample()
-
-    def result(self) -> dict[str, int]:
-        self.stop.set()
-        self.thread.join(5)
-        return {k: round(v / 2**20) for k, v in sorted(self.peak.items())}
-
-
 MODES = ("cold", "warm", "warm-llm", "warm-llm-embed")
 QUERY_MODE = "naive"  # --query-mode: how the freshness probe asks (mix: with the graph context)
 
@@ -161,7 +94,6 @@ def freshness(files: int, interval: int, mode: str, indexed: int = 0, clients: i
     with contextlib.ExitStack() as stack:
         extra: dict[str, str] = {}
         if llm_on:
-            sys.path.insert(0, str(REPO / "tests"))
             from openai_server import FakeOpenAIServer, lightrag_aware
 
             server = stack.enter_context(FakeOpenAIServer(models=("fake-llm", "fake-vlm", "fake-embed"),
@@ -196,7 +128,7 @@ def _freshness(files: int, interval: int, warm: bool, indexed: int, clients: int
                              "--ui-port", str(free_port()), "--dagster-port", str(free_port()), *flags],
                             env=_env(home, MMRAG_SENSOR_INTERVAL_S=str(interval), **extra), cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT)
-    rss = _RssSampler(proc.pid)
+    rss = RssSampler(proc.pid)
     stop = threading.Event()
     load = {"ok": 0, "failed": 0, "lat": []}
 

@@ -224,12 +224,7 @@ def test_sensor_frees_a_dead_run_and_requests_its_files_again(mmrag_env, tmp_pat
 
     from mmrag.orchestration.runs import owner_tags
 
-    root = tmp_path / "docs"
-    root.mkdir()
-    (root / "a.md").write_text("# Alpha\n\nAlpha counts pochards.\n")
-    monkeypatch.setenv("MMRAG_WATCH", f"docs={root}")
-    instance = DagsterInstance.get()
-    first = _sensor_tick(instance)
+    root, instance, first = _watching_one_file(tmp_path, monkeypatch)
     assert [rr.tags[RANGE[0]] for rr in first.run_requests] == ["docs:a.md"]
     _apply_partitions_only(instance, first)
     quiet = _sensor_tick(instance, first.cursor)
@@ -322,6 +317,16 @@ def test_a_file_whose_run_ended_without_it_is_requested_again_then_with_backoff(
         == [["docs:b.md"]]
 
 
+def _watching_one_file(tmp_path, monkeypatch):
+    """A watched folder `docs` holding a.md, and the first sensor tick over it: (root, instance, tick)."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# Alpha\n\nAlpha counts pochards.\n")
+    monkeypatch.setenv("MMRAG_WATCH", f"docs={root}")
+    instance = DagsterInstance.get()
+    return root, instance, _sensor_tick(instance)
+
+
 def _apply_partitions_only(instance, result):
     for req in result.dynamic_partitions_requests:
         if isinstance(req, AddDynamicPartitionsRequest):
@@ -333,12 +338,7 @@ def test_new_files_wait_while_a_requested_run_is_queued_then_go_in_one_run(mmrag
     made runs of their own behind it; once it is launched, everything that came meanwhile is one run."""
     from dagster import DagsterRunStatus
 
-    root = tmp_path / "docs"
-    root.mkdir()
-    (root / "a.md").write_text("# Alpha\n\nAlpha counts pochards.\n")
-    monkeypatch.setenv("MMRAG_WATCH", f"docs={root}")
-    instance = DagsterInstance.get()
-    first = _sensor_tick(instance)
+    root, instance, first = _watching_one_file(tmp_path, monkeypatch)
     _apply_partitions_only(instance, first)
     from dagster import DagsterEvent, DagsterEventType
 
