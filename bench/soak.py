@@ -39,6 +39,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--latency", type=float, default=0.1)
     p.add_argument("--errors", type=float, default=0.05)
+    p.add_argument("--settle-min", type=float, default=30.0, help="how long the index may take to settle afterwards")
     p.add_argument("--run-kills", type=int, default=1, help="ingest runs SIGKILLed in flight (each at a random moment)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
@@ -46,15 +47,17 @@ def main() -> int:
     a = p.parse_args()
     plan = Plan(small=a.small, office=a.office, minutes=a.minutes, burst=a.burst, clients=a.clients,
                 latency_s=a.latency, error_rate=a.errors, seed=a.seed,
-                kills=("embed", "parse", "daemon") + ("run",) * a.run_kills)
+                kills=("embed", "parse", "daemon") + ("run",) * a.run_kills, settle_s=60 * a.settle_min)
     work = Path(tempfile.mkdtemp(prefix="mmrag-soak-"))
     try:
         res = soak(plan, work, say=lambda s: print(s, file=sys.stderr, flush=True))
-    finally:
-        if a.keep:
-            print(f"work folder: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        print(f"the soak failed; its work folder (up.log, home/logs) is kept: {work}", file=sys.stderr)
+        raise
+    if a.keep:
+        print(f"work folder: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     if a.json:
         out = asdict(res)
         out.pop("log")
