@@ -44,12 +44,12 @@ def _folder(root: Path, i: int, n: int = 2) -> Path:
 
 
 def _milvus_server(tmp: Path):
-    from mmrag.serve.supervisor import free_port, port_open, venv_tool
+    from mmrag.serve import milvus_lite_server
+    from mmrag.serve.supervisor import free_port, port_open
 
     port = free_port()
-    proc = subprocess.Popen([venv_tool("milvus-lite"), "server", "--data-dir", str(tmp / "milvus"), "--host",
-                             "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(milvus_lite_server.command(tmp / "milvus", port), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
     deadline = time.monotonic() + 120
     while not port_open(port):
         if time.monotonic() > deadline or proc.poll() is not None:

@@ -248,14 +248,14 @@ def assert_reported_broken(proc, log, api: str, env: dict, needle: str, part: st
 def milvus_lite_server(folder: Path):
     """A `milvus-lite server` of its own on `folder`/milvus (what MMRAG_MILVUS_URI names in a deployment);
     yields its URI; stopped with SIGTERM, then SIGKILL after 30 s (a server slow to stop never fails a test)."""
-    from mmrag.serve.supervisor import port_open, stop_group, venv_tool
+    from mmrag.serve import milvus_lite_server
+    from mmrag.serve.supervisor import port_open, stop_group
 
     port = free_port()
     log = folder / "milvus.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([venv_tool("milvus-lite"), "server", "--data-dir", str(folder / "milvus"),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(milvus_lite_server.command(folder / "milvus", port), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     try:
         wait_ready("milvus-lite server", lambda: port_open(port), proc, 120, lambda: log.read_text()[-2000:])
         yield f"http://127.0.0.1:{port}"

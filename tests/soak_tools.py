@@ -91,7 +91,7 @@ class RssSampler:
     descendants (milvus, embed, parse, daemon, dagster, api, ui), except run processes (spawned by the
     daemon's code server), counted apart with their own children. `peak` by part; `series` the samples."""
 
-    PARTS = (("milvus-lite", "milvus"), ("embed-server", "embed"), ("parse-server", "parse"),
+    PARTS = (("milvus-lite", "milvus"), ("milvus_lite_server", "milvus"), ("embed-server", "embed"), ("parse-server", "parse"),
              ("dagster-daemon", "daemon"), ("dagster-webserver", "dagster"), (" api ", "api"), ("streamlit", "ui"),
              (" ui ", "ui"))
 

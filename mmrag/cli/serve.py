@@ -138,7 +138,7 @@ def _probes(args, settings: Settings, env: dict, embed: dict | None, dagster_hom
 def cmd_up(args) -> int:
     """Milvus server, Dagster daemon + webserver, query API and chat page, supervised (mmrag.serve.supervisor)."""
     from mmrag.manifest import Manifest
-    from mmrag.serve import discovery, health
+    from mmrag.serve import discovery, health, milvus_lite_server
     from mmrag.serve.supervisor import (
         Child,
         Supervisor,
@@ -177,8 +177,7 @@ def cmd_up(args) -> int:
         except lite_lock.IndexBusyError as e:
             print(f"mmrag up: {e}", file=sys.stderr)
             return EXIT_BUSY
-        children.append(Child("milvus", [venv_tool("milvus-lite"), "server", "--data-dir", data_dir,
-                                         "--host", "127.0.0.1", "--port", str(port)], ready_port=port,
+        children.append(Child("milvus", milvus_lite_server.command(data_dir, port), ready_port=port,
                               listens=f"grpc://127.0.0.1:{port} (Milvus Lite server on {data_dir})"))
         env["MMRAG_MILVUS_URI"] = f"http://127.0.0.1:{port}"
     busy = [p for p in (args.api_port, args.ui_port, args.dagster_port) if port_open(p)]

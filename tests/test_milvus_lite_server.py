@@ -1,0 +1,45 @@
+"""The Milvus Lite server `mmrag up` runs (`mmrag.serve.milvus_lite_server`) takes its clients' keepalive
+pings as a Milvus server does. A client pinging every second with no call in flight (pymilvus pings
+every 10 s, at most once a minute while idle: the same strikes, sooner) keeps its connection; Milvus
+Lite's own `milvus-lite server` answers it with GOAWAY "too_many_pings" within seconds (measured:
+READY -> IDLE); a call caught by that close fails with UNAVAILABLE "Too many pings"."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import grpc
+from conftest import REPO
+
+from mmrag.serve import milvus_lite_server
+from mmrag.serve.supervisor import free_port, port_open, stop_group
+
+EAGER_PINGS = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 5000),
+               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+               ("grpc.http2.min_time_between_pings_ms", 1000)]
+
+
+def test_a_client_that_pings_while_idle_keeps_its_connection(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(milvus_lite_server.command(tmp_path / "milvus.db", port), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_open(port):
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=EAGER_PINGS)
+        states: list[str] = []
+        channel.subscribe(lambda s: states.append(s.name), try_to_connect=True)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        time.sleep(10)  # ten pings without a call
+        assert states[-1] == "READY" and states.count("READY") == 1, states  # no GOAWAY, no reconnect
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(f"http://127.0.0.1:{port}")
+        client.create_collection("pings", dimension=4)
+        assert client.list_collections() == ["pings"]
+        channel.close()
+    finally:
+        stop_group(proc, 30)
