@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from soak_tools import RssSampler  # noqa: E402 - the per-part memory sampler the soak uses too
+from rss_tools import RssSampler  # noqa: E402 - the per-part memory sampler the soak uses too
 WORDS = ("heron egret bittern ibis spoonbill stork crane rail coot gallinule plover lapwing dotterel turnstone "
          "sanderling dunlin knot stint curlew godwit whimbrel snipe woodcock phalarope avocet stilt").split()
 
