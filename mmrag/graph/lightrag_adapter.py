@@ -114,6 +114,9 @@ def milvus_env(uri: str, token: str, db: str):
     LightRAG is built, read when storages initialize): set them for that window, then restore them.
     pymilvus parses MILVUS_URI when *imported* and rejects a Lite file path, so import it first."""
     import lightrag.kg.milvus_impl  # noqa: F401  (imports pymilvus)
+    from mmrag.index.lite_pings import permit_pings
+
+    permit_pings()  # a local path: the Milvus Lite server started in this process takes pings
     new = {"MILVUS_URI": uri, "MILVUS_TOKEN": token or "", "MILVUS_DB_NAME": db or "",
            "MILVUS_WORKSPACE": None, "MILVUS_USER": None, "MILVUS_PASSWORD": None}
     with _ENV_LOCK:
@@ -128,8 +131,6 @@ def milvus_env(uri: str, token: str, db: str):
 def _set_env(values: dict[str, str | None]) -> None:
     for k, v in values.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
 
 
 # -- an instance and its lifetime ---------------------------------------------------------------------

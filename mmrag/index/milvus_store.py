@@ -139,6 +139,9 @@ def connect(uri: str, token: str = "", db_name: str = "", wait_s: float = 0.0):
     deadline = time.monotonic() + wait_s
     if is_lite_uri(uri):
         lite_lock.hold(uri, wait_s, say=log.warning)
+        from mmrag.index.lite_pings import permit_pings
+
+        permit_pings()  # the server Milvus Lite starts in this process for the path
     with _clients_lock:
         if key in _clients:
             return _clients[key]
