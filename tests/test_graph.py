@@ -299,3 +299,23 @@ def test_a_model_server_down_during_a_graph_query_raises_its_model_error(tmp_pat
         assert "pump" in s.query_context("pump speed", mode="naive", top_k=3, sources=["s"]).lower()
     finally:
         s.close()
+
+
+def test_lightrag_allows_a_model_call_what_our_clients_allow(mmrag_env, embed_fn, monkeypatch):
+    """LightRAG's own limit on a model or embedding call sits past our clients' (timeout × tries, which
+    report their own failures): its 30 s default for embeddings failed a graph step whose entities waited
+    behind other batches of the in-process embedder on a busy machine."""
+    from graph_tools import Embedder
+
+    from mmrag.config import Settings
+    from mmrag.models import factory
+
+    monkeypatch.setenv("MMRAG_LLM_TIMEOUT_S", "50")
+    monkeypatch.setenv("MMRAG_LLM_RETRIES", "2")
+    s = Settings.from_env()
+    store = factory.graph_store(s, text_embedder=Embedder(embed_fn), llm=None, manifest=Manifest(s.state_path))
+    try:
+        rag = store.rag
+        assert rag.default_embedding_timeout >= 150 and rag.default_llm_timeout >= 150
+    finally:
+        factory.close_graph_stores()

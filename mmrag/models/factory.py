@@ -253,10 +253,21 @@ def graph_store(settings: Settings, *, text_embedder: Any, llm: Any, manifest: "
                 Path(wd), uri, s.milvus_token, s.milvus_db, embed_fn=text_embedder.embed, embed_dim=dim, llm=llm,
                 manifest=manifest, namespace=ns, unit_tokens=s.graph_unit_tokens,
                 lightrag_kwargs={"entity_extract_max_gleaning": s.graph_gleaning,
-                                 "llm_model_max_async": max(1, s.llm_concurrency)})
+                                 "llm_model_max_async": max(1, s.llm_concurrency),
+                                 **lightrag_timeouts(s)})
         else:
             store.rebind(text_embedder.embed, llm, manifest)
         return store
+
+
+def lightrag_timeouts(s: Settings) -> dict:
+    """LightRAG's own limits on a model or embedding call (its worker fails a call after twice these),
+    set past what our clients allow a request with its retries: our clients time out, retry and report
+    (LLMError, transient) themselves. LightRAG's default, 30 s for embeddings, failed the graph step of a
+    file whose entities were embedded in this process while the machine was busy (a call waits its turn
+    behind the embedder's other batches; nothing is cut off by the timeout, the step just fails)."""
+    budget = int(s.llm_timeout_s * (s.llm_retries + 1)) + 60
+    return {"default_llm_timeout": budget, "default_embedding_timeout": budget}
 
 
 def close_graph_stores() -> None:
