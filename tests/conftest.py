@@ -28,6 +28,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
+# The longest test files first (measured: `--durations=0`, summed per file), so that with two workers
+# (`-n 2 --dist loadfile`, the README's test command) no long file starts last while the other worker
+# has finished; the rest keep their order.
+LONGEST_FIRST = ("test_soak.py", "test_crash.py", "test_up.py", "test_lifecycle.py", "test_failures.py",
+                 "test_ingest_corpus.py", "test_concurrent_start.py", "test_parse_service.py",
+                 "test_orchestration.py", "test_limits.py", "test_media.py", "test_ui.py", "test_up_deployment.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _no_dagster_instance_left_open():
     """A test that opens a Dagster instance (e.g. through a schedule context's `.instance`) must

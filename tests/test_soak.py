@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_soak_short(tmp_path):
-    plan = Plan(small=40, office=3, minutes=2.0, burst=15, clients=4, probe_every=5, settle_s=900)
+    plan = Plan(small=24, office=2, minutes=1.5, burst=10, edits=0.2, deletes=0.1, clients=4, probe_every=4, settle_s=900)
     res = soak(plan, tmp_path, say=lambda s: print(s, flush=True))
     print(res.queries, res.freshness, res.rss_peak_mb, res.restarts, res.kills, f"settled in {res.settle_s} s")
     assert not res.differences, res.differences
@@ -24,9 +24,9 @@ def test_soak_short(tmp_path):
     assert {"embed", "parse", "daemon"} <= killed, res.kills
     for part in ("embed", "parse", "daemon"):
         assert res.restarts[part] == 1, (part, res.restarts, res.log)
-    assert res.events["create"] == 43 and res.events["delete"] >= 2 and res.events["edit"] >= 4, res.events
+    assert res.events["create"] == 26 and res.events["delete"] >= 2 and res.events["edit"] >= 4, res.events
     # Queries: answered all the while; the only failure allowed is a 503 while a part restarts.
-    assert res.queries["ok"] > 50, res.queries
+    assert res.queries["ok"] > 40, res.queries
     assert all(b.startswith("503") for b in res.bad_answers), res.bad_answers
     assert res.queries["by_status"].get("503", 0) <= 0.05 * res.queries["ok"], res.queries
     # Every probed file was found, in bounded time.
