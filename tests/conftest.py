@@ -29,8 +29,9 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
 # The longest test files first (measured: `--durations=0`, summed per file), so that with two workers
-# (`-n 2 --dist loadfile`, the README's test command) no long file starts last while the other worker
-# has finished; the rest keep their order.
+# (`-n 2 --dist loadfile --no-loadscope-reorder`, the README's test command) no long file starts last
+# while the other worker has finished; the rest keep their order. (xdist's own reorder, on by default,
+# puts the files with the most tests first: the soak, one test of ~5 min, then started last.)
 LONGEST_FIRST = ("test_soak.py", "test_crash.py", "test_up.py", "test_lifecycle.py", "test_failures.py",
                  "test_ingest_corpus.py", "test_concurrent_start.py", "test_parse_service.py",
                  "test_orchestration.py", "test_limits.py", "test_media.py", "test_ui.py", "test_up_deployment.py")
