@@ -114,9 +114,12 @@ def milvus_env(uri: str, token: str, db: str):
     LightRAG is built, read when storages initialize): set them for that window, then restore them.
     pymilvus parses MILVUS_URI when *imported* and rejects a Lite file path, so import it first."""
     import lightrag.kg.milvus_impl  # noqa: F401  (imports pymilvus)
-    from mmrag.index.lite_pings import permit_pings
+    from mmrag.config import is_lite_uri
 
-    permit_pings()  # a local path: the Milvus Lite server started in this process takes pings
+    if is_lite_uri(uri):
+        from mmrag.index.lite_pings import permit_pings
+
+        permit_pings()  # the Milvus Lite server started in this process for the path takes pings
     new = {"MILVUS_URI": uri, "MILVUS_TOKEN": token or "", "MILVUS_DB_NAME": db or "",
            "MILVUS_WORKSPACE": None, "MILVUS_USER": None, "MILVUS_PASSWORD": None}
     with _ENV_LOCK:

@@ -15,7 +15,6 @@ the process sees it.
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 # Pings from clients are welcome at any time: 5 s apart at the least, with or without calls, no strikes.
 PING_POLICY = (("grpc.keepalive_permit_without_calls", 1),
@@ -25,11 +24,10 @@ PING_POLICY = (("grpc.keepalive_permit_without_calls", 1),
 _done = threading.Lock()
 
 
-class _GrpcWithPings(SimpleNamespace):
+class _GrpcWithPings:
     """The `grpc` module as Milvus Lite's server module sees it: `grpc.server` with the ping policy."""
 
     def __init__(self, grpc):
-        super().__init__()
         self._grpc = grpc
 
     def __getattr__(self, name):
