@@ -52,7 +52,11 @@ def _norm(value):
         if "/blobs/" in value:
             return "blobs/" + value.rsplit("/blobs/", 1)[1]
         if SEP in value:
-            return SEP.join(sorted(set(value.split(SEP))))
+            parts = value.split(SEP)
+            # a vector row's content leads with the entity's name (or the relation's keywords and ends)
+            # on lines of their own before the description: "Name\nDesc1<SEP>Desc2"
+            head, nl, parts[0] = parts[0].rpartition("\n")
+            return head + nl + SEP.join(sorted(set(parts)))
     return value
 
 
