@@ -66,3 +66,25 @@ def test_the_in_process_server_of_a_local_path_takes_pings_too(tmp_path):
 
         milvus_store._clients.pop((path, "", ""), None)
         server_manager_instance.release_server(path)
+
+
+def test_sigterm_stops_the_server_cleanly_even_when_its_parent_ignored_it(tmp_path):
+    """SIGTERM is Milvus Lite's graceful stop (its Ctrl-C path: "Shutting down...", the data dir closed),
+    also for a server whose parent ignored SIGTERM (inherited across exec: it once sat out the whole
+    grace period of its supervisor and was killed)."""
+    import signal
+
+    for ignored in (False, True):
+        port, log = free_port(), tmp_path / f"milvus-{ignored}.log"
+        pre = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if ignored else None
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(milvus_lite_server.command(tmp_path / f"m{ignored}.db", port), cwd=REPO, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pre)
+        deadline = time.monotonic() + 120
+        while not port_open(port):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        assert stop_group(proc, 30), f"not stopped by SIGTERM (parent ignored it: {ignored}):\n{log.read_text()[-2000:]}"
+        assert proc.returncode == 0 and time.monotonic() - t0 < 15, (proc.returncode, time.monotonic() - t0)
+        assert "Shutting down" in log.read_text()
