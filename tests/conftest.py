@@ -23,6 +23,12 @@ _BAD_TMP = tempfile.mkdtemp(prefix="mmrag-bad-")
 atexit.register(shutil.rmtree, _BAD_TMP, ignore_errors=True)
 BAD = build_bad(Path(_BAD_TMP) / "bad")
 
+# pytest started with SIGINT ignored (a CI runner, `pytest &` in a script) would otherwise hand every
+# child process of the tests an ignored SIGTERM once Dagster ran a job in-process (`mmrag.cli.main`).
+from mmrag.cli.main import stoppable_by_signals  # noqa: E402
+
+stoppable_by_signals()
+
 # Offline and quiet for every test: no hub downloads, no Dagster telemetry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

@@ -74,3 +74,21 @@ time.sleep(600)
     assert seen.read_text() == "alive"
     assert backend.proc.poll() is not None and front.proc.poll() == 0
     assert not sup.killed
+
+
+def test_a_command_started_with_sigint_ignored_still_stops_on_sigterm():
+    """A script's `mmrag ingest DIR &` (no job control) starts it with SIGINT ignored; Dagster maps SIGTERM
+    onto SIGINT's handler around every job it runs, which left SIGTERM ignored for the rest of the command
+    (and for every process it started). The CLI gives an ignored SIGINT its default handler back first."""
+    import subprocess
+
+    probe = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+             "import sys; from mmrag.cli.main import stoppable_by_signals\n"
+             "if sys.argv[1] == 'cli': stoppable_by_signals()\n"
+             "from dagster._utils.interrupts import capture_interrupts\n"
+             "with capture_interrupts(): pass\n"
+             "print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)")
+    ignored = {how: subprocess.run([sys.executable, "-c", probe, how], capture_output=True, text=True, timeout=120)
+               for how in ("bare", "cli")}
+    assert ignored["bare"].stdout.strip() == "True", ignored["bare"].stderr[-2000:]  # the hazard, as Dagster has it
+    assert ignored["cli"].stdout.strip() == "False", ignored["cli"].stderr[-2000:]

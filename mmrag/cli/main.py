@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from mmrag.cli.common import EXIT_BUSY
@@ -20,8 +21,22 @@ def _limit_malloc_arenas(n: int = 2) -> None:
         pass
 
 
+def stoppable_by_signals() -> None:
+    """A command started in the background by a script (`mmrag ingest DIR &` in a shell without job
+    control, some cron and CI runners) inherits SIGINT ignored. Dagster maps SIGTERM onto SIGINT's
+    handler whenever it runs a job, so SIGTERM ended up ignored too (measured: `kill PID` did nothing
+    after the first run, and every process the command started ignored it as well). An ignored SIGINT
+    gets Python's default handler back: SIGINT and SIGTERM stop the command."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (embedded in another program): its handlers are its own
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     _limit_malloc_arenas()
+    stoppable_by_signals()
     p = argparse.ArgumentParser(prog="mmrag", description="mmrag: a multimodal RAG index of a folder, kept in sync by Dagster")
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("ingest", help="sync a folder into the index (add new, re-index stale, delete gone)")
