@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from corpus_gen import build_pathological, make_pdf, make_png, make_zip_bomb_docx
+from PIL import Image
 from helpers import TEXT, cli_json, rows_by_file, store
 
 from mmrag.config import Settings
@@ -115,9 +116,9 @@ def test_a_file_over_the_memory_ceiling_is_stopped(mmrag_env, tmp_path, capsys, 
 # -- the worker itself ----------------------------------------------------------------------------
 
 
-def _sup(tmp_path, **kw) -> ParseSupervisor:
+def _sup(tmp_path, reuse: bool = True, blobs: str = "blobs", **kw) -> ParseSupervisor:
     s = Settings.from_env().with_(pdf_parser="pypdfium2", **kw)
-    return ParseSupervisor(WorkerConfig.from_settings(s, tmp_path / "blobs"))
+    return ParseSupervisor(WorkerConfig.from_settings(s, tmp_path / blobs), reuse=reuse)
 
 
 def _parse(sup, path: Path):
@@ -144,7 +145,7 @@ def test_closing_the_supervisor_does_not_wait_for_the_worker_to_exit(mmrag_env, 
     """The run goes on while the worker shuts its interpreter down; the worker still goes away."""
     md = tmp_path / "ok.md"
     md.write_text("# Teal\n\nTeals are small dabbling ducks.\n")
-    sup = _sup(tmp_path)
+    sup = _sup(tmp_path, reuse=False)
     assert _parse(sup, md).blocks
     pid = sup.pid
     t0 = time.monotonic()
@@ -173,7 +174,7 @@ def test_a_spare_worker_started_ahead_is_adopted_by_the_run_or_stopped(mmrag_env
 
     worker.start_spare(config, ["markdown"])
     spare = worker._spare["proc"].pid
-    other = WorkerConfig.from_settings(Settings.from_env().with_(pdf_parser="pypdfium2"), tmp_path / "other")
+    other = WorkerConfig.from_settings(Settings.from_env().with_(pdf_parser="auto"), tmp_path / "blobs")
     with ParseSupervisor(other) as sup:
         assert _parse(sup, md).blocks and sup.pid != spare
     assert not _alive(spare)
@@ -182,6 +183,37 @@ def test_a_spare_worker_started_ahead_is_adopted_by_the_run_or_stopped(mmrag_env
     spare = worker._spare["proc"].pid
     worker.discard_spare()
     assert not worker._spare and not _alive(spare)
+
+
+def test_a_worker_serves_the_next_run_of_its_process_then_goes_away(mmrag_env, tmp_path, monkeypatch):
+    """A run's worker waits for the next run of the same process and parse settings, whatever its data
+    dir (each file's pictures go to its own run's blob store), and is stopped after IDLE_S unused."""
+    from mmrag.parsing import worker
+
+    monkeypatch.setattr(worker, "IDLE_S", 2.0)
+    worker.discard_idle()
+    png = tmp_path / "tally.png"
+    Image.new("RGB", (64, 32), "white").save(png)
+    with _sup(tmp_path, blobs="blobs-a") as sup:
+        assert _parse(sup, png).blocks
+        first = sup.pid
+    assert _alive(first)  # kept for the next run
+    with _sup(tmp_path, blobs="blobs-b") as sup:
+        doc = _parse(sup, png)
+        assert sup.pid == first  # adopted: no second worker started
+    stored = [b.image_path for b in doc.blocks if getattr(b, "image_path", None)]
+    assert stored and all(str(tmp_path / "blobs-b") in str(p) for p in stored), stored
+    with _sup(tmp_path, blobs="blobs-b", parse_timeout_s=7) as sup:  # other limits: a worker of its own
+        assert _parse(sup, png).blocks and sup.pid != first
+        third = sup.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(first):
+        time.sleep(0.1)
+    assert not _alive(first)  # one worker kept per process: the other made room; this one expires
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(third):
+        time.sleep(0.1)
+    assert not _alive(third) and not worker._idle
 
 
 def _alive(pid: int) -> bool:

@@ -88,7 +88,7 @@ class ParseService:
         """Start and warm the first worker (before the service listens)."""
         with self._cond:
             self._count += 1
-        self._warm(ParseSupervisor(self.config))
+        self._warm(ParseSupervisor(self.config, reuse=False))
 
     def _acquire(self, wait_s: float) -> ParseSupervisor | None:
         deadline = time.monotonic() + wait_s
@@ -98,7 +98,7 @@ class ParseService:
                     return self._idle.pop()[0]
                 if self._count < self.workers:
                     self._count += 1
-                    return ParseSupervisor(self.config)  # started by its first file
+                    return ParseSupervisor(self.config, reuse=False)  # started by its first file
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None

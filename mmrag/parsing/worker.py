@@ -2,7 +2,11 @@
 ceiling per file.
 
 One worker serves the files of a run (Docling and Whisper load once), started on the first file
-with the "spawn" method (the parent holds torch and gRPC threads: it is never forked). For each
+with the "spawn" method (the parent holds torch and gRPC threads: it is never forked). When the run
+ends, its worker waits up to IDLE_S for the next run of the same process and parse settings (the
+data dir does not matter: each request names its blob store): `mmrag ingest` executes its runs one
+after the other, and each one spawning a worker cost ~6 s of CPU (Docling imports torch even for
+Markdown). For each
 file the parent sends the request and waits on the pipe, polling the resident memory of the worker
 and its children (ffmpeg, tesseract) every `POLL_S`. A breach kills the worker's process group
 and fails the file with the limit and its setting; a worker that dies by itself fails the file with
@@ -29,6 +33,8 @@ from mmrag.parsing.errors import ParseError, SkipFile
 from mmrag.parsing.limits import LimitExceeded, Limits, check_pdf_pages, precheck
 
 POLL_S = 0.2
+IDLE_S = 60.0  # how long a worker whose run ended waits for the next run of this process
+PARK_MAX_RSS = 2 * 2**30  # a worker grown past this (a large file's pages) is stopped, not kept
 START_TIMEOUT_S = 600.0  # the worker's start and a parser's first load (Docling), not counted per file
 _PR_SET_PDEATHSIG = 1
 
@@ -42,6 +48,13 @@ class WorkerConfig:
     frames: tuple = (0.2, 0.3, 4, True)  # video_parser.FrameOptions fields
     whisper: tuple = ("faster-whisper", "tiny.en", "")  # backend, model, language
     limits: Limits = Limits()
+
+    def reuse_key(self) -> "WorkerConfig":
+        """What a worker is started with (its parsers and limits): a worker serves any config with the
+        same key, whatever its data dir (`blobs_root` travels with each request)."""
+        from dataclasses import replace
+
+        return replace(self, blobs_root="")
 
     @classmethod
     def from_settings(cls, s, blobs_root) -> "WorkerConfig":
@@ -145,7 +158,7 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
     limits = config.limits
     # PIL refuses to decode beyond twice MAX_IMAGE_PIXELS: images inside documents stop at the limit.
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels // 2 if limits.max_image_pixels else None
-    blobs = BlobStore(Path(config.blobs_root))
+    stores: dict[str, BlobStore] = {}
     transcriber = Transcriber(*config.whisper[:2], language=config.whisper[2])
     frames = FrameOptions(*config.frames)
     conn.send(("ready", os.getpid()))
@@ -164,7 +177,8 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
                     pass
             conn.send(("warmed",))
             continue
-        path, detected, ident = request
+        path, detected, ident, blobs_root = request
+        blobs = stores.get(blobs_root) or stores.setdefault(blobs_root, BlobStore(Path(blobs_root)))
         try:
             _warm_up(detected.kind, config.pdf_parser)
         except Exception:
@@ -277,18 +291,25 @@ _spare_lock = threading.Lock()
 def start_spare(config: WorkerConfig, kinds: list[str]) -> None:
     """Start a parse worker now and have it load the parsers of `kinds` (Docling's imports and
     pipelines: some 6 s of CPU), so it overlaps what comes before the run's parse step (the CLI's
-    imports, Dagster's run set-up). The next ParseSupervisor of the same config in this process
-    adopts it; `discard_spare` stops one nobody adopted."""
+    imports, Dagster's run set-up); the worker a run of this process left (`IDLE_S`) is taken
+    instead when it has the same settings. The next ParseSupervisor of the same settings in this
+    process adopts it; `discard_spare` stops one nobody adopted."""
     with _spare_lock:
         if _spare:
             return
-        proc, conn = _spawn(config)
-        try:
-            conn.send(("warm", tuple(kinds)))
-        except OSError:
-            _kill_worker(proc, conn)
-            return
-        _spare.update(config=config, proc=proc, conn=conn)
+    found = _take_idle(config)  # the last run's worker, if it has the same settings
+    with _spare_lock:
+        busy = bool(_spare)  # started meanwhile by another thread
+        if not busy:
+            proc, conn = found if found else _spawn(config)
+            try:
+                conn.send(("warm", tuple(kinds)))
+            except OSError:
+                _kill_worker(proc, conn)
+                return
+            _spare.update(config=config, proc=proc, conn=conn)
+    if busy and found:
+        _park(config, *found)
 
 
 def _pop_spare() -> tuple | None:
@@ -306,10 +327,78 @@ def _take_spare(config: WorkerConfig) -> tuple | None:
     if spare is None:
         return None
     proc, conn, spare_config = spare
-    if spare_config != config or not proc.is_alive():
+    if spare_config.reuse_key() != config.reuse_key() or not proc.is_alive():
         _kill_worker(proc, conn)
         return None
     return proc, conn
+
+
+# The worker whose run ended, waiting for the next run of this process: {reuse key: (proc, conn, timer)}.
+_idle: dict = {}
+
+
+def _park(config: WorkerConfig, proc, conn) -> None:
+    """Keep a worker for the next supervisor of the same reuse key, up to IDLE_S; one worker kept per
+    process (each holds its parsers' memory), so it replaces any other."""
+    key = config.reuse_key()
+    timer = threading.Timer(IDLE_S, _expire, args=(key, proc))
+    timer.daemon = True
+    with _spare_lock:
+        old = list(_idle.values())
+        _idle.clear()
+        _idle[key] = (proc, conn, timer)
+    for old_proc, old_conn, old_timer in old:
+        old_timer.cancel()
+        _retire(old_proc, old_conn)
+    timer.start()
+
+
+def _expire(key: WorkerConfig, proc) -> None:
+    with _spare_lock:
+        item = _idle.get(key)
+        if item is None or item[0] is not proc:
+            return
+        del _idle[key]
+    _retire(item[0], item[1])
+
+
+def _take_idle(config: WorkerConfig) -> tuple | None:
+    with _spare_lock:
+        item = _idle.pop(config.reuse_key(), None)
+    if item is None:
+        return None
+    proc, conn, timer = item
+    timer.cancel()
+    if not proc.is_alive():
+        _kill_worker(proc, conn)
+        return None
+    return proc, conn
+
+
+def discard_idle() -> None:
+    """Stop the workers kept for a next run (tests; a process about to fork)."""
+    with _spare_lock:
+        items = list(_idle.values())
+        _idle.clear()
+    for proc, conn, timer in items:
+        timer.cancel()
+        _kill_worker(proc, conn)
+
+
+def _retire(proc, conn) -> None:
+    """Ask a worker to exit and return; a reaper thread waits up to 5 s for it, then kills its process
+    group. (The worker's interpreter shutdown took 1.6 s of a run's wall when waited for; it holds
+    nothing to save, and it also exits when the pipe closes.)"""
+    try:
+        conn.send(None)
+    except Exception:
+        pass
+
+    def reap() -> None:
+        proc.join(5)
+        _kill_worker(proc, conn)
+
+    threading.Thread(target=reap, name="mmrag-parse-reaper", daemon=True).start()
 
 
 def discard_spare() -> None:
@@ -322,8 +411,11 @@ class ParseSupervisor:
     """`parse(path, detected, **ident)` like ParserResource.parse, in a supervised worker.
     Use as a context manager (or call close()): one per run."""
 
-    def __init__(self, config: WorkerConfig):
+    def __init__(self, config: WorkerConfig, reuse: bool = True):
+        """`reuse`: take a worker another run of this process left (`IDLE_S`) and leave this one's for
+        the next (the parse service keeps its own workers: False)."""
         self.config = config
+        self.reuse = reuse
         self.limits = config.limits
         self._proc = None
         self._conn = None
@@ -337,8 +429,8 @@ class ParseSupervisor:
         self.close()
 
     def _start(self) -> None:
-        spare = _take_spare(self.config)
-        self._proc, self._conn = spare if spare else _spawn(self.config)
+        found = _take_spare(self.config) or (_take_idle(self.config) if self.reuse else None)
+        self._proc, self._conn = found if found else _spawn(self.config)
 
     def _kill(self) -> None:
         proc, conn = self._proc, self._conn
@@ -347,23 +439,16 @@ class ParseSupervisor:
             _kill_worker(proc, conn)
 
     def close(self) -> None:
-        """Stop the worker: ask it to exit and return; a reaper thread waits up to 5 s for it, then
-        kills its process group. (The worker's interpreter shutdown took 1.6 s of a run's wall when
-        waited for; it holds nothing to save, and it also exits when the pipe closes.)"""
+        """Done with the worker: keep it for this process's next run (`reuse`, a live worker under
+        PARK_MAX_RSS), else stop it (`_retire`)."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         if proc is None:
             return
-        try:
-            conn.send(None)
-        except Exception:
-            pass
-
-        def reap() -> None:
-            proc.join(5)
-            _kill_worker(proc, conn)
-
-        threading.Thread(target=reap, name="mmrag-parse-reaper", daemon=True).start()
+        if self.reuse and proc.is_alive() and tree_rss(proc.pid) < PARK_MAX_RSS:
+            _park(self.config, proc, conn)
+        else:
+            _retire(proc, conn)
 
     @property
     def pid(self) -> int | None:
@@ -392,7 +477,7 @@ class ParseSupervisor:
         if self._proc is None:
             self._start()
         try:
-            self._conn.send((str(path), detected, ident))
+            self._conn.send((str(path), detected, ident, self.config.blobs_root))
         except (BrokenPipeError, OSError):
             self._died()
         while self._wait(started=False)[0] != "started":  # "ready" after the imports, "warmed" (a spare)
