@@ -6,9 +6,10 @@ with the "spawn" method (the parent holds torch and gRPC threads: it is never fo
 ends, its worker waits up to IDLE_S for the next run of the same process and parse settings (the
 data dir does not matter: each request names its blob store): `mmrag ingest` executes its runs one
 after the other, and each one spawning a worker cost ~6 s of CPU (Docling imports torch even for
-Markdown). For each
-file the parent sends the request and waits on the pipe, polling the resident memory of the worker
-and its children (ffmpeg, tesseract) every `POLL_S`. A breach kills the worker's process group
+Markdown).
+
+For each file the parent sends the request and waits on the pipe, polling the resident memory of the
+worker and its children (ffmpeg, tesseract) every `POLL_S`. A breach kills the worker's process group
 and fails the file with the limit and its setting; a worker that dies by itself fails the file with
 its signal. The next file gets a fresh worker. The worker leads its own process group, dies with the
 parent (PR_SET_PDEATHSIG, and on the pipe's EOF) and gives that signal to its own children too, so
