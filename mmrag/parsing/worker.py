@@ -159,7 +159,6 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
     limits = config.limits
     # PIL refuses to decode beyond twice MAX_IMAGE_PIXELS: images inside documents stop at the limit.
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels // 2 if limits.max_image_pixels else None
-    stores: dict[str, BlobStore] = {}
     transcriber = Transcriber(*config.whisper[:2], language=config.whisper[2])
     frames = FrameOptions(*config.frames)
     conn.send(("ready", os.getpid()))
@@ -179,7 +178,7 @@ def worker_main(conn, config: WorkerConfig, parent_pid: int) -> None:
             conn.send(("warmed",))
             continue
         path, detected, ident, blobs_root = request
-        blobs = stores.get(blobs_root) or stores.setdefault(blobs_root, BlobStore(Path(blobs_root)))
+        blobs = BlobStore(Path(blobs_root))  # the requesting run's data dir (a path, nothing opened)
         try:
             _warm_up(detected.kind, config.pdf_parser)
         except Exception:
@@ -286,7 +285,7 @@ def _spawn(config: WorkerConfig) -> tuple:
 
 # A worker started ahead of its run (`start_spare`), which the run's first parse adopts.
 _spare: dict = {}
-_spare_lock = threading.Lock()
+_spare_lock = threading.RLock()  # start_spare takes the kept worker under it
 
 
 def start_spare(config: WorkerConfig, kinds: list[str]) -> None:
@@ -298,19 +297,13 @@ def start_spare(config: WorkerConfig, kinds: list[str]) -> None:
     with _spare_lock:
         if _spare:
             return
-    found = _take_idle(config)  # the last run's worker, if it has the same settings
-    with _spare_lock:
-        busy = bool(_spare)  # started meanwhile by another thread
-        if not busy:
-            proc, conn = found if found else _spawn(config)
-            try:
-                conn.send(("warm", tuple(kinds)))
-            except OSError:
-                _kill_worker(proc, conn)
-                return
-            _spare.update(config=config, proc=proc, conn=conn)
-    if busy and found:
-        _park(config, *found)
+        proc, conn = _take_idle(config) or _spawn(config)  # the last run's worker, if it has the same settings
+        try:
+            conn.send(("warm", tuple(kinds)))
+        except OSError:
+            _kill_worker(proc, conn)
+            return
+        _spare.update(config=config, proc=proc, conn=conn)
 
 
 def _pop_spare() -> tuple | None:
@@ -377,7 +370,7 @@ def _take_idle(config: WorkerConfig) -> tuple | None:
 
 
 def discard_idle() -> None:
-    """Stop the workers kept for a next run (tests; a process about to fork)."""
+    """Stop the worker kept for a next run (tests)."""
     with _spare_lock:
         items = list(_idle.values())
         _idle.clear()
