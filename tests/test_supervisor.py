@@ -44,12 +44,8 @@ def test_crashes_spread_over_time_are_each_restarted(tmp_path, monkeypatch):
 def test_clients_stop_before_what_they_talk_to(tmp_path):
     """`up`'s stop goes tier by tier: the query API (tier 3) finishes while Milvus (tier 0) still runs."""
     pidfile, seen = tmp_path / "backend.pid", tmp_path / "seen"
-    # SIGTERM's default action, explicitly: a child inherits an ignored or blocked SIGTERM from the thread
-    # that starts it, and the test process's state depends on the tests run before it (once, under
-    # xdist, the backend sat out the whole grace and was killed)
-    backend = Child("backend", [sys.executable, "-c", "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_DFL); "
-                                                      "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM]); "
-                                                      f"open({str(pidfile)!r},'w').write(str(os.getpid())); time.sleep(600)"])
+    backend = Child("backend", [sys.executable, "-c", f"import os,time; open({str(pidfile)!r},'w').write(str(os.getpid())); "
+                                                      "time.sleep(600)"])
     front = Child("front", [sys.executable, "-c", f"""
 import os, signal, sys, time
 def bye(*_):
